@@ -1,0 +1,12 @@
+"""The app hypercorn workers import: ``ccm_gateway.asgi:app``.
+
+The CLI passes the config path in ``CCM_CONFIG`` (worker processes are spawned, so the environment
+is the one channel that reaches them); without it the embedded default config is used.
+"""
+
+import os
+
+from .app import create_app
+from .config import DEFAULT_CONFIG_PATH, load_config
+
+app = create_app(load_config(os.environ.get("CCM_CONFIG") or DEFAULT_CONFIG_PATH))

@@ -1,0 +1,85 @@
+"""``ccm-gateway serve | check-config``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ccm-gateway", description="Embeddable LLM provider gateway")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gateway under hypercorn")
+    serve.add_argument("--config", type=Path, help="TOML config (default: the embedded mock-only config)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int)
+    check = sub.add_parser("check-config", help="validate a config and print it with secrets redacted")
+    check.add_argument("config", type=Path, nargs="?", default=DEFAULT_CONFIG_PATH)
+    args = parser.parse_args(argv)
+    if args.command == "check-config":
+        return check_config(args.config)
+    return serve_forever(args)
+
+
+def check_config(path: Path) -> int:
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"{path}: invalid configuration", file=sys.stderr)
+        for line in exc.errors:
+            print(f"  {line}", file=sys.stderr)
+        return 2
+    print(json.dumps(config.redacted(), indent=2))
+    unavailable = [n for n, p in config.providers.items() if p.kind not in ("mock",) and not p.api_keys]
+    if unavailable:
+        print(f"note: no API key for provider(s) {', '.join(unavailable)}", file=sys.stderr)
+    return 0
+
+
+def serve_forever(args: argparse.Namespace) -> int:
+    from hypercorn.config import Config as HypercornConfig  # noqa: PLC0415 - only needed to serve
+    from hypercorn.run import run  # noqa: PLC0415
+
+    path = args.config or DEFAULT_CONFIG_PATH
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"{path}: invalid configuration", file=sys.stderr)
+        for line in exc.errors:
+            print(f"  {line}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=config.logging.level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    os.environ["CCM_CONFIG"] = str(Path(path).resolve())
+    hc = HypercornConfig()
+    host = args.host or config.server.host
+    port = args.port if args.port is not None else config.server.port
+    hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    workers = args.workers or config.server.workers
+    hc.workers = 0 if workers == 1 else workers  # 0: serve in this process
+    hc.worker_class = "uvloop" if _has_uvloop() else "asyncio"
+    hc.application_path = "ccm_gateway.asgi:app"
+    hc.graceful_timeout = config.server.graceful_timeout
+    hc.keep_alive_timeout = config.server.keep_alive_timeout
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("hypercorn.error")  # through our handlers, once
+    print(f"ccm-gateway listening on http://{host}:{port} ({workers} worker(s), config {path})", flush=True)
+    return run(hc) or 0
+
+
+def _has_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401, PLC0415
+    except ImportError:
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    sys.exit(main())

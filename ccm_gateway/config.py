@@ -1,0 +1,361 @@
+"""The configuration schema and its layered loader.
+
+Layers, lowest first: built-in defaults < TOML file < ``CCM_*`` variables from ``.env`` < ``CCM_*``
+variables from the process environment < programmatic overrides. An environment override names a
+path with double underscores: ``CCM_SERVER__PORT=9000``, ``CCM_PROVIDERS__OPENAI__BASE_URL=…``,
+``CCM_MODELS__0__NAME=…`` (names are lower-cased; values are read as TOML values when they parse,
+otherwise as strings). Every error names the field's path and what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+from dotenv import dotenv_values
+from msgspec import Meta, Struct, field
+
+from .providers.kinds import KINDS, PLANNED_KINDS
+from .secrets import MissingSecret, Secret, resolve_reference
+
+__all__ = ["DEFAULT_CONFIG_PATH", "Config", "ConfigError", "load_config"]
+
+DEFAULT_CONFIG_PATH = Path(__file__).parent / "data" / "default.toml"
+
+Positive = Annotated[float, Meta(gt=0)]
+PositiveInt = Annotated[int, Meta(ge=1)]
+Port = Annotated[int, Meta(ge=0, le=65535)]
+
+
+class ConfigError(Exception):
+    """The config cannot be used; ``errors`` holds one ``path: problem`` line per problem."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = errors
+        super().__init__("invalid configuration:\n  " + "\n  ".join(errors))
+
+
+class _Section(Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: Port = 8080
+    workers: PositiveInt = 1
+    max_body_bytes: PositiveInt = 32 * 1024 * 1024
+    graceful_timeout: Positive = 30.0  # seconds in-flight requests get after SIGTERM
+    keep_alive_timeout: Positive = 75.0
+
+
+class Timeouts(_Section):
+    """Upstream timeouts in seconds. ``first_byte`` bounds the wait for a stream's response head,
+    ``idle`` the gap between two chunks, ``deadline`` the whole exchange."""
+
+    connect: Positive = 10.0
+    first_byte: Positive = 120.0
+    idle: Positive = 120.0
+    deadline: Positive = 600.0
+
+
+class Connections(_Section):
+    limit: PositiveInt = 512
+    limit_per_host: Annotated[int, Meta(ge=0)] = 0  # 0 = no per-host cap below ``limit``
+    dns_cache_ttl: Annotated[int, Meta(ge=0)] = 300
+    keepalive_timeout: Positive = 30.0
+
+
+class ApiKey(_Section):
+    key: Secret
+    weight: PositiveInt = 1
+
+
+class ProviderConfig(_Section):
+    kind: str
+    base_url: str | None = None
+    api_keys: list[ApiKey] = field(default_factory=list)
+    timeout: Timeouts = field(default_factory=Timeouts)
+    connections: Connections = field(default_factory=Connections)
+    headers: dict[str, str] = field(default_factory=dict)  # fixed extra upstream headers
+    stream_options: bool | None = None  # None: the kind's default
+
+
+class Target(_Section):
+    provider: str
+    model: str
+    weight: PositiveInt = 1
+
+
+class ModelRoute(_Section):
+    name: str
+    targets: Annotated[list[Target], Meta(min_length=1)]
+    fallbacks: list[str] = field(default_factory=list)
+    context_window: PositiveInt | None = None
+    max_output_tokens: PositiveInt | None = None
+
+
+class KeyConfig(_Section):
+    """A gateway key that clients present (enforced by the auth stage, a later issue)."""
+
+    name: str
+    key: Secret | None = None
+    key_sha256: str | None = None
+    team: str | None = None
+    models: list[str] = field(default_factory=lambda: ["*"])
+    rpm: PositiveInt | None = None
+    tpm: PositiveInt | None = None
+    budget_usd: Annotated[float, Meta(ge=0)] | None = None
+    budget_period: str | None = None
+
+
+class RoutingConfig(_Section):
+    allow_direct: bool = True  # clients may ask for "provider/model"
+    detect_provider: bool = False  # "claude-…" → the anthropic provider, "gpt-…" → openai, …
+
+
+class LoggingConfig(_Section):
+    level: str = "info"
+
+
+class Config(_Section):
+    server: ServerConfig = field(default_factory=ServerConfig)
+    keys: list[KeyConfig] = field(default_factory=list)
+    providers: dict[str, ProviderConfig] = field(default_factory=dict)
+    models: list[ModelRoute] = field(default_factory=list)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def redacted(self) -> dict[str, Any]:
+        """A plain-data view for printing: secrets appear as their source (``env:NAME``) only."""
+        return msgspec.to_builtins(self, enc_hook=_redact)
+
+
+def _redact(obj: object) -> object:
+    if isinstance(obj, Secret):
+        return f"<secret {obj.source}{'' if obj else ' (absent)'}>"
+    raise NotImplementedError(type(obj))
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+_ENV_PREFIX = "CCM_"
+_NAMES = {"float": "a number", "int": "an integer", "str": "a string", "bool": "a boolean",
+          "array": "an array", "object": "a table", "null": "nothing"}
+_WORD = re.compile(r"`(\w+)`")
+
+
+def load_config(
+    source: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    dotenv: str | os.PathLike[str] | bool = True,
+) -> Config:
+    """Load, merge and validate a config. ``source`` is a TOML path or an already-parsed mapping.
+
+    ``env`` replaces the process environment (tests); ``dotenv`` is a path, or True for ``./.env``
+    when it exists. ``.env`` values never override real environment variables.
+    """
+    if isinstance(source, Mapping):
+        raw: dict[str, Any] = _deep_copy(source)
+    elif source is not None:
+        raw = _read_toml(Path(source))
+    else:
+        raw = {}
+    environ = dict(_read_dotenv(dotenv))
+    environ.update(os.environ if env is None else env)
+    errors: list[str] = []
+    for name, value in environ.items():
+        if name.startswith(_ENV_PREFIX) and "__" in name:
+            path = [p.lower() for p in name[len(_ENV_PREFIX):].split("__")]
+            _apply_override(raw, path, _parse_env_value(value), errors, f"environment {name}")
+    for dotted, value in (overrides or {}).items():
+        _apply_override(raw, dotted.split("."), value, errors, f"override {dotted}")
+    if errors:
+        raise ConfigError(errors)
+    config = _convert(raw, environ)
+    _check(config)
+    return config
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such file"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML ({exc})"]) from None
+
+
+def _read_dotenv(dotenv: str | os.PathLike[str] | bool) -> Mapping[str, str]:
+    if dotenv is False:
+        return {}
+    path = Path(".env") if dotenv is True else Path(dotenv)
+    if not path.is_file():
+        return {}
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_deep_copy(v) for v in value]
+    return value
+
+
+def _parse_env_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _apply_override(raw: dict[str, Any], path: list[str], value: Any, errors: list[str], what: str) -> None:
+    node: Any = raw
+    for i, part in enumerate(path):
+        last = i == len(path) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                errors.append(f"{what}: {'.'.join(path[:i + 1])}: no list item {part}")
+                return
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+        else:
+            errors.append(f"{what}: {'.'.join(path[:i])} is not a table")
+            return
+
+
+def _convert(raw: dict[str, Any], environ: Mapping[str, str]) -> Config:
+    def dec_hook(kind: type, obj: Any) -> Any:
+        if kind is Secret:
+            if isinstance(obj, Secret):
+                return obj
+            if not isinstance(obj, str):
+                raise TypeError(f"Expected `str`, got `{type(obj).__name__}`")
+            return resolve_reference(obj, environ)
+        raise NotImplementedError(kind)
+
+    # Providers are converted one by one: msgspec's error paths do not name dict keys.
+    providers_raw = raw.pop("providers", {})
+    errors: list[str] = []
+    if not isinstance(providers_raw, dict):
+        raise ConfigError([f"providers: expected a table, got {_describe(providers_raw)}"])
+    providers: dict[str, ProviderConfig] = {}
+    for name, body in providers_raw.items():
+        if isinstance(body, dict) and isinstance(body.get("api_keys"), list):
+            body["api_keys"] = [{"key": k} if isinstance(k, str) else k for k in body["api_keys"]]
+        try:
+            providers[name] = msgspec.convert(body, ProviderConfig, dec_hook=dec_hook)
+        except (msgspec.ValidationError, MissingSecret) as exc:
+            errors.append(_format(exc, f"providers.{name}", body))
+    try:
+        config = msgspec.convert(raw, Config, dec_hook=dec_hook)
+    except (msgspec.ValidationError, MissingSecret) as exc:
+        errors.insert(0, _format(exc, "", raw))
+        config = None
+    if errors or config is None:
+        raise ConfigError(errors)
+    config.providers = providers
+    return config
+
+
+def _format(exc: Exception, prefix: str, raw: Any) -> str:
+    """``Expected `float`, got `str` - at `$.timeout.connect``` → ``….timeout.connect: expected a number, got "fast"``."""
+    text = str(exc)
+    message, sep, where = text.rpartition(" - at `")
+    if not sep:
+        message, where = text, "$`"
+    parts = [p for p in re.split(r"\.|\[(\d+)\]", where.rstrip("`").lstrip("$")) if p]
+    path = ".".join(filter(None, [prefix, *(f"[{p}]" if p.isdigit() else p for p in parts)]))
+    path = path.replace(".[", "[")
+    value = _lookup(raw, parts)
+    message = message[0].lower() + message[1:] if message else message
+    if message.startswith("expected"):
+        message = _WORD.sub(lambda m: _NAMES.get(m.group(1), m.group(1)), message)
+        if value is not _MISSING and not isinstance(value, dict | list):
+            message = re.sub(r", got .*$", f", got {_describe(value)}", message)
+    return f"{path or '(top level)'}: {message}"
+
+
+_MISSING = object()
+
+
+def _lookup(raw: Any, parts: list[str]) -> Any:
+    for part in parts:
+        if isinstance(raw, list) and part.isdigit() and int(part) < len(raw):
+            raw = raw[int(part)]
+        elif isinstance(raw, dict) and part in raw:
+            raw = raw[part]
+        else:
+            return _MISSING
+    return raw
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, str):
+        return f'"{value}"' if len(value) < 60 else "a string"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return repr(value)
+
+
+def _check(config: Config) -> None:
+    """Cross-field rules msgspec cannot express; all problems are reported at once."""
+    errors: list[str] = []
+    for name, p in config.providers.items():
+        at = f"providers.{name}"
+        if "/" in name or not name:
+            errors.append(f"{at}: provider names may not be empty or contain '/'")
+        kind = KINDS.get(p.kind)
+        if kind is None:
+            if p.kind in PLANNED_KINDS:
+                errors.append(f"{at}.kind: kind \"{p.kind}\" is not built yet (cross-protocol translation)")
+            else:
+                errors.append(f"{at}.kind: unknown kind \"{p.kind}\"; expected one of {', '.join(sorted(KINDS))}")
+            continue
+        if kind.base_url is None and p.base_url is None and kind.name != "mock":
+            errors.append(f"{at}.base_url: required for kind \"{p.kind}\"")
+        if p.base_url is not None and not p.base_url.startswith(("http://", "https://")):
+            errors.append(f"{at}.base_url: expected an http:// or https:// URL, got {_describe(p.base_url)}")
+        p.api_keys = [k for k in p.api_keys if k.key]  # absent optional references drop out
+    seen: set[str] = set()
+    for i, route in enumerate(config.models):
+        at = f"models[{i}]"
+        if route.name in seen:
+            errors.append(f"{at}.name: duplicate model name \"{route.name}\"")
+        seen.add(route.name)
+        for j, target in enumerate(route.targets):
+            if target.provider not in config.providers:
+                known = ", ".join(sorted(config.providers)) or "none"
+                errors.append(
+                    f"{at}.targets[{j}].provider: unknown provider \"{target.provider}\"; configured: {known}"
+                )
+    for i, route in enumerate(config.models):
+        for j, fallback in enumerate(route.fallbacks):
+            if fallback not in seen:
+                errors.append(f"models[{i}].fallbacks[{j}]: unknown model \"{fallback}\"")
+    for i, key in enumerate(config.keys):
+        if key.key is None and key.key_sha256 is None:
+            errors.append(f"keys[{i}]: give key or key_sha256")
+        if key.key_sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", key.key_sha256):
+            errors.append(f"keys[{i}].key_sha256: expected 64 lower-case hex digits")
+    if errors:
+        raise ConfigError(errors)

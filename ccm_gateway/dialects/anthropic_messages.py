@@ -1,0 +1,115 @@
+"""Anthropic Messages: request head, error bodies and frames, usage from responses and events.
+
+Only what pass-through needs lives here today; translation to and from the canonical model is the
+cross-protocol issue's work.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from msgspec import Struct
+
+from ..errors import GatewayError
+from ..exchange import Usage
+from . import head
+
+
+def parse_head(body: bytes) -> head.RequestHead:
+    fields = head.read_fields(body)
+    model = head.string(fields, "model")
+    head.array(fields, "messages")
+    head.integer(fields, "max_tokens")
+    stream = head.flag(fields, "stream")
+    return head.RequestHead(fields, model, stream)
+
+
+class _ErrorDetail(Struct):
+    type: str
+    message: str
+
+
+class _ErrorBody(Struct, tag_field="type", tag="error"):
+    error: _ErrorDetail
+    request_id: str | None = None
+
+
+class _MaybeError(Struct):
+    type: str = ""
+    error: dict | None = None
+
+
+_encode = msgspec.json.encode
+_maybe_error = msgspec.json.Decoder(_MaybeError)
+
+
+def error_body(err: GatewayError, request_id: str = "") -> bytes:
+    return _encode(_ErrorBody(_ErrorDetail(err.anthropic_type, err.message), request_id or None))
+
+
+def error_frame(err: GatewayError) -> bytes:
+    """A mid-stream error event: the SDKs dispatch on the ``event:`` line, so it is always written."""
+    return b"event: error\ndata: " + _encode(_ErrorBody(_ErrorDetail(err.anthropic_type, err.message))) + b"\n\n"
+
+
+def is_native_error(body: bytes) -> bool:
+    """True when an upstream error body is already Anthropic-shaped (it then passes through as is)."""
+    try:
+        found = _maybe_error.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return False
+    return found.type == "error" and found.error is not None
+
+
+# --- usage -----------------------------------------------------------------------------------------
+
+
+class _OutputDetails(Struct):
+    thinking_tokens: int | None = None
+
+
+class _Usage(Struct):
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+    cache_read_input_tokens: int | None = None
+    output_tokens_details: _OutputDetails | None = None
+
+
+class _Message(Struct):
+    usage: _Usage | None = None
+
+
+class _Payload(Struct):
+    """A whole response (``usage`` at top level), a message_delta (same) or a message_start."""
+
+    usage: _Usage | None = None
+    message: _Message | None = None
+
+
+_payload = msgspec.json.Decoder(_Payload)
+
+
+def apply_usage(payload: bytes | memoryview, usage: Usage) -> None:
+    """Fill ``usage`` from a response body, a message_start or a message_delta.
+
+    Like the SDK's accumulator: output is overwritten (it is cumulative), input and cache fields
+    only when present.
+    """
+    try:
+        found = _payload.decode(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return
+    u = found.usage or (found.message.usage if found.message else None)
+    if u is None:
+        return
+    if u.input_tokens is not None:
+        usage.input = u.input_tokens
+    if u.cache_read_input_tokens is not None:
+        usage.cache_read = u.cache_read_input_tokens
+    if u.cache_creation_input_tokens is not None:
+        usage.cache_write = u.cache_creation_input_tokens
+    if u.output_tokens is not None:
+        usage.output = u.output_tokens
+    if u.output_tokens_details and u.output_tokens_details.thinking_tokens is not None:
+        usage.reasoning = u.output_tokens_details.thinking_tokens
+    usage.reported = True

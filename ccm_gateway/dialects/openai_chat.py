@@ -1,0 +1,108 @@
+"""OpenAI Chat Completions: request head, error bodies and frames, usage from responses.
+
+Only what pass-through needs lives here today; translation to and from the canonical model is the
+cross-protocol issue's work.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from msgspec import Struct
+
+from ..errors import GatewayError
+from ..exchange import Usage
+from . import head
+
+
+def parse_head(body: bytes) -> head.RequestHead:
+    fields = head.read_fields(body)
+    model = head.string(fields, "model")
+    head.array(fields, "messages")
+    stream = head.flag(fields, "stream")
+    head.obj(fields, "stream_options")
+    head.integer(fields, "max_tokens", optional=True)
+    head.integer(fields, "max_completion_tokens", optional=True)
+    return head.RequestHead(fields, model, stream)
+
+
+class _ErrorDetail(Struct, omit_defaults=False):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class _ErrorBody(Struct):
+    error: _ErrorDetail
+
+
+class _MaybeError(Struct):
+    error: dict | None = None
+
+
+_encode = msgspec.json.encode
+_maybe_error = msgspec.json.Decoder(_MaybeError)
+
+
+def error_body(err: GatewayError, request_id: str = "") -> bytes:
+    detail = _ErrorDetail(err.message, err.openai_type, err.param, err.openai_code)
+    return _encode(_ErrorBody(detail))
+
+
+def error_frame(err: GatewayError) -> bytes:
+    """A mid-stream error: the python SDK raises APIError on a data payload with an ``error`` key."""
+    return b"data: " + error_body(err) + b"\n\n"
+
+
+def is_native_error(body: bytes) -> bool:
+    """True when an upstream error body is already OpenAI-shaped (it then passes through as is)."""
+    try:
+        return _maybe_error.decode(body).error is not None
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return False
+
+
+# --- usage -----------------------------------------------------------------------------------------
+
+
+class _PromptDetails(Struct):
+    cached_tokens: int | None = None
+    cache_write_tokens: int | None = None
+
+
+class _CompletionDetails(Struct):
+    reasoning_tokens: int | None = None
+
+
+class _Usage(Struct):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    prompt_tokens_details: _PromptDetails | None = None
+    completion_tokens_details: _CompletionDetails | None = None
+
+
+class _WithUsage(Struct):
+    usage: _Usage | None = None
+
+
+_with_usage = msgspec.json.Decoder(_WithUsage)
+
+
+def apply_usage(payload: bytes | memoryview, usage: Usage) -> None:
+    """Fill ``usage`` from a response body or a stream chunk that carries a usage object."""
+    try:
+        found = _with_usage.decode(payload).usage
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return
+    if found is None:
+        return
+    details = found.prompt_tokens_details
+    cached = (details.cached_tokens or 0) if details else 0
+    written = (details.cache_write_tokens or 0) if details else 0
+    usage.cache_read = cached
+    usage.cache_write = written
+    usage.input = max(found.prompt_tokens - cached - written, 0)  # prompt_tokens includes the cache
+    usage.output = found.completion_tokens
+    reasoning = found.completion_tokens_details
+    usage.reasoning = (reasoning.reasoning_tokens or 0) if reasoning else 0
+    usage.reported = True

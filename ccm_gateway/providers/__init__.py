@@ -1,0 +1,1 @@
+"""Upstream providers: kinds and presets, the aiohttp clients, the in-process mock."""

@@ -1,0 +1,218 @@
+"""The chat endpoint: pick a deployment, send the request bytes upstream, pipe the answer back.
+
+Same protocol on both sides is pass-through: the body goes upstream with only the model name
+changed, and the upstream's bytes — JSON or SSE — are written to the client as they arrive. Each
+``send`` is awaited, so a slow client slows the upstream read instead of filling a queue; a client
+that hangs up cancels the upstream read at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import aiohttp
+
+from .dialects import Dialect
+from .dialects.registry import WIRE
+from .errors import GatewayError, UpstreamTimeout, UpstreamUnavailable, error_for_status
+from .exchange import Exchange, exchange_of
+from .providers.upstream import Upstream, UpstreamResponse
+from .responses import send_bytes, send_error
+from .routing import Router
+from .streaming import UsageSniffer
+
+log = logging.getLogger("ccm_gateway.proxy")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+ANTHROPIC_VERSION = "2023-06-01"
+MAX_ERROR_BODY = 1024 * 1024
+MAX_USAGE_BODY = 16 * 1024 * 1024
+# Upstream response headers worth handing to the client (names lower-case).
+_PROPAGATE = frozenset({"request-id", "retry-after", "retry-after-ms", "openai-processing-ms"})
+_PROPAGATE_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
+# Stream terminators: a stream that ends without one was cut off upstream.
+_ENDINGS = {Dialect.OPENAI_CHAT: (b"[DONE]",), Dialect.ANTHROPIC_MESSAGES: (b"message_stop", b"event: error")}
+
+
+class ChatEndpoint:
+    """ASGI app behind ``POST /v1/chat/completions`` and ``POST /v1/messages``."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ex = exchange_of(scope)
+        assert ex is not None, "ChatEndpoint needs ExchangeMiddleware in front of it"
+        wire = WIRE[ex.dialect]
+        head = wire.parse_head(ex.body)
+        ex.model, ex.stream = head.model, head.stream
+        route = self.router.resolve(head.model)
+        deployment = route.pick(ex.dialect)
+        ex.route, ex.deployment = route.name, deployment.label
+        upstream = deployment.upstream
+        key = upstream.pick_key()
+        headers = upstream_headers(scope, ex, upstream)
+        headers.update(upstream.auth_headers(key))
+        ex.attempts += 1
+        resp = await upstream.send(ex.dialect, head.body_for(deployment.model, ex.body), headers, head.stream)
+        ex.upstream_status = resp.status
+        try:
+            if resp.status >= 400:
+                await relay_error(send, ex, upstream, resp)
+            else:
+                await Pipe(ex, upstream, resp, send).run(receive)
+        finally:
+            resp.close()
+
+
+def upstream_headers(scope: Scope, ex: Exchange, upstream: Upstream) -> dict[str, str]:
+    """Headers for the upstream call, from an allow-list: client credentials never go upstream."""
+    headers = {"content-type": "application/json", "x-request-id": ex.request_id}
+    headers.update(upstream.config.headers)
+    if ex.dialect is Dialect.ANTHROPIC_MESSAGES:
+        headers["anthropic-version"] = ANTHROPIC_VERSION
+        for name, value in scope["headers"]:
+            if name == b"anthropic-version" or name == b"anthropic-beta":
+                headers[name.decode()] = value.decode("latin-1")
+    return headers
+
+
+def response_headers(ex: Exchange, upstream_headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
+    out: list[tuple[bytes, bytes]] = []
+    for name, value in upstream_headers.items():
+        lower = name.lower()
+        if lower in _PROPAGATE or lower.startswith(_PROPAGATE_PREFIXES):
+            out.append((lower.encode(), value.encode("latin-1")))
+        elif lower == "x-request-id":
+            out.append((b"x-upstream-request-id", value.encode("latin-1")))
+    return out
+
+
+def redact_credentials(body: bytes, upstream: Upstream) -> bytes:
+    """Upstreams echo keys in auth errors ("Incorrect API key provided: sk-…"); never pass them on."""
+    for key in upstream.keys:
+        value = key.reveal().encode()
+        if len(value) >= 8:
+            body = body.replace(value, b"***").replace(value[:20], b"***")
+    return body
+
+
+async def relay_error(send: Send, ex: Exchange, upstream: Upstream, resp: UpstreamResponse) -> None:
+    """An upstream error in the caller's protocol passes through; anything else is re-shaped."""
+    try:
+        body = await resp.read(MAX_ERROR_BODY)
+    except (aiohttp.ClientError, TimeoutError):
+        body = b""
+    wire = WIRE[ex.dialect]
+    if wire.is_native_error(body):
+        content_type = (b"content-type", b"application/json")
+        headers = response_headers(ex, resp.headers)
+        await send_bytes(send, resp.status, redact_credentials(body, upstream), headers, content_type)
+        return
+    err = error_for_status(resp.status, f"upstream {upstream.name} returned HTTP {resp.status}")
+    retry_after = resp.headers.get("retry-after")
+    if retry_after:
+        err.headers["retry-after"] = retry_after
+    await send_error(send, err, ex.dialect, ex.request_id)
+
+
+class Pipe:
+    """Writes one upstream response to the client chunk by chunk, observing usage on the way."""
+
+    __slots__ = ("ex", "resp", "send", "upstream")
+
+    def __init__(self, ex: Exchange, upstream: Upstream, resp: UpstreamResponse, send: Send) -> None:
+        self.ex = ex
+        self.upstream = upstream
+        self.resp = resp
+        self.send = send
+
+    async def run(self, receive: Receive) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        watcher = asyncio.create_task(self._watch_disconnect(receive, task))
+        try:
+            await self._pipe()
+        except asyncio.CancelledError:
+            if not self.ex.client_disconnected:
+                raise
+            task.uncancel()  # we cancelled ourselves because the client left; that is a normal end
+        finally:
+            watcher.cancel()
+
+    async def _watch_disconnect(self, receive: Receive, task: asyncio.Task[Any]) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self.ex.client_disconnected = True
+                task.cancel()
+                return
+
+    async def _pipe(self) -> None:
+        ex, resp, send = self.ex, self.resp, self.send
+        wire = WIRE[ex.dialect]
+        content_type = resp.headers.get("content-type", "application/json")
+        streaming = content_type.startswith("text/event-stream")
+        headers = response_headers(ex, resp.headers)
+        headers.append((b"content-type", content_type.encode("latin-1")))
+        if streaming:
+            headers.append((b"cache-control", b"no-cache"))
+        await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+        sniffer = UsageSniffer(wire.apply_usage, ex.usage) if streaming else None
+        kept: list[bytes] | None = None if streaming else []
+        kept_size = 0
+        last = previous = b""
+        loop = asyncio.get_running_loop()
+        timeouts = self.upstream.timeout
+        deadline = loop.time() + timeouts.deadline
+        try:
+            async with asyncio.timeout(min(loop.time() + timeouts.idle, deadline)) as timer:
+                async for chunk in resp.chunks():
+                    if ex.first_byte_at is None:
+                        ex.first_byte_at = loop.time()
+                    if sniffer is not None:
+                        sniffer.feed(chunk)
+                    elif kept is not None:
+                        kept.append(chunk)
+                        kept_size += len(chunk)
+                        if kept_size > MAX_USAGE_BODY:
+                            kept = None
+                    previous, last = last, chunk
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    timer.reschedule(min(loop.time() + timeouts.idle, deadline))
+        except TimeoutError:
+            await self._fail(UpstreamTimeout(f"upstream {self.upstream.name} stopped sending"), streaming)
+            return
+        except aiohttp.ClientError as exc:
+            err = UpstreamUnavailable(f"upstream {self.upstream.name} connection failed ({type(exc).__name__})")
+            await self._fail(err, streaming)
+            return
+        if streaming:
+            tail = (previous + last)[-256:]
+            if not any(end in tail for end in _ENDINGS[ex.dialect]):
+                await self._fail(UpstreamUnavailable(f"upstream {self.upstream.name} ended the stream early"), True)
+                return
+        if kept:
+            wire.apply_usage(b"".join(kept), ex.usage)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _fail(self, err: GatewayError, streaming: bool) -> None:
+        """After the head is sent a status cannot change: end an SSE stream with an error event,
+        and cut a JSON body off (the client sees a broken connection, not a truncated 200)."""
+        log.warning("upstream failure after response start: %s", err.message,
+                    extra={"request_id": self.ex.request_id})
+        if not streaming:
+            raise _AbortResponse(err.message)
+        await self.send({"type": "http.response.body", "body": WIRE[self.ex.dialect].error_frame(err),
+                         "more_body": False})
+
+
+class _AbortResponse(Exception):
+    """Raised to make the server drop a connection whose JSON body cannot be completed."""
+

@@ -1,0 +1,50 @@
+"""Server-sent-event helpers for pass-through streams: usage sniffing without decoding events.
+
+A pass-through stream is written to the client as it arrives; the gateway only needs the one or two
+events that carry usage. The sniffer looks for the bytes ``"usage"`` followed by an object and
+decodes just that line; every other chunk costs a substring search.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .exchange import Usage
+
+_NEEDLE = b'"usage"'
+_MAX_LINE = 4 * 1024 * 1024  # an event line longer than this is not worth keeping for usage
+
+
+def carries_usage_object(data: bytes) -> bool:
+    """True when ``"usage"`` appears followed by ``:`` and an object (not ``null``)."""
+    at = data.find(_NEEDLE)
+    while at >= 0:
+        i = at + len(_NEEDLE)
+        n = len(data)
+        while i < n and data[i] in b" \t:":
+            i += 1
+        if i < n and data[i] == 0x7B:  # "{"
+            return True
+        at = data.find(_NEEDLE, i)
+    return False
+
+
+class UsageSniffer:
+    """Feeds the ``data:`` lines of an SSE stream that carry usage to a dialect's ``apply_usage``."""
+
+    __slots__ = ("_apply", "_tail", "_usage")
+
+    def __init__(self, apply: Callable[[bytes, Usage], None], usage: Usage) -> None:
+        self._apply = apply
+        self._usage = usage
+        self._tail = b""
+
+    def feed(self, chunk: bytes) -> None:
+        data = self._tail + chunk if self._tail else chunk
+        cut = data.rfind(b"\n") + 1
+        if cut and carries_usage_object(data):
+            for line in data[:cut].split(b"\n"):
+                if line.startswith(b"data:") and carries_usage_object(line):
+                    self._apply(line[5:], self._usage)
+        tail = data[cut:]
+        self._tail = tail if len(tail) <= _MAX_LINE else b""
