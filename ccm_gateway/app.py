@@ -11,7 +11,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -72,8 +72,15 @@ class Gateway:
             await self.close()
 
 
-def create_app(config: Config | Mapping[str, Any] | str | os.PathLike[str] | None = None) -> Starlette:
-    """Build the gateway ASGI app from a loaded Config, a mapping, a TOML path, or the defaults."""
+def create_app(
+    config: Config | Mapping[str, Any] | str | os.PathLike[str] | None = None,
+    *,
+    middleware: Sequence[Middleware] = (),
+) -> Starlette:
+    """Build the gateway ASGI app from a loaded Config, a mapping, a TOML path, or the defaults.
+
+    ``middleware`` adds your own stages after the built-in ones (they see a filled Exchange).
+    """
     if not isinstance(config, Config):
         config = load_config(config if isinstance(config, Mapping | str | Path) else None)
     gateway = Gateway(config)
@@ -89,6 +96,7 @@ def create_app(config: Config | Mapping[str, Any] | str | os.PathLike[str] | Non
     middleware = [
         Middleware(ExchangeMiddleware, max_body_bytes=config.server.max_body_bytes),
         Middleware(RequestIdMiddleware),
+        *middleware,
     ]
     app = Starlette(routes=routes, middleware=middleware, lifespan=gateway.lifespan)
     app.state.gateway = gateway

@@ -44,8 +44,8 @@ def check_config(path: Path) -> int:
 
 
 def serve_forever(args: argparse.Namespace) -> int:
-    from hypercorn.config import Config as HypercornConfig  # noqa: PLC0415 - only needed to serve
-    from hypercorn.run import run  # noqa: PLC0415
+    from hypercorn.config import Config as HypercornConfig
+    from hypercorn.run import run
 
     path = args.config or DEFAULT_CONFIG_PATH
     try:
@@ -75,7 +75,7 @@ def serve_forever(args: argparse.Namespace) -> int:
 
 def _has_uvloop() -> bool:
     try:
-        import uvloop  # noqa: F401, PLC0415
+        import uvloop  # noqa: F401
     except ImportError:
         return False
     return True

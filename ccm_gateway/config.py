@@ -274,7 +274,8 @@ def _convert(raw: dict[str, Any], environ: Mapping[str, str]) -> Config:
 
 
 def _format(exc: Exception, prefix: str, raw: Any) -> str:
-    """``Expected `float`, got `str` - at `$.timeout.connect``` → ``….timeout.connect: expected a number, got "fast"``."""
+    """msgspec's ``Expected `float`, got `str` - at `$.timeout.connect``` becomes
+    ``providers.x.timeout.connect: expected a number, got "fast"``."""
     text = str(exc)
     message, sep, where = text.rpartition(" - at `")
     if not sep:

@@ -3,8 +3,8 @@
 Config strings such as ``"env:OPENAI_API_KEY"`` or ``"file:/run/secrets/key"`` are references; they
 are resolved once, at load, into :class:`Secret` objects whose ``repr``/``str`` never show the value.
 A trailing ``?`` (``"env:OPENAI_API_KEY?"``) makes a reference optional: when it cannot be resolved
-the Secret is *absent* (``bool(secret)`` is False), which is how the default config lights providers up only when their keys
-exist.
+the Secret is *absent* (``bool(secret)`` is False), which is how the default config lights providers
+up only when their keys exist.
 """
 
 from __future__ import annotations
@@ -87,8 +87,8 @@ def _from_file(name: str, env: Mapping[str, str]) -> str:
 def _from_aws_secrets_manager(name: str, env: Mapping[str, str]) -> str:
     """``aws-sm:NAME`` or ``aws-sm:NAME#json_key`` (needs the ``aws`` extra: boto3)."""
     try:
-        import boto3  # noqa: PLC0415 - optional dependency, loaded only when referenced
-        from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415
+        import boto3
+        from botocore.exceptions import BotoCoreError, ClientError
     except ImportError:
         raise MissingSecret("aws-sm: references need boto3 (pip install 'ccm_gateway[aws]')") from None
     secret_id, _, json_key = name.partition("#")

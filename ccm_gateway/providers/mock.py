@@ -9,24 +9,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Mapping
 
-import msgspec
-
 from ..dialects import Dialect
 from ..errors import InvalidRequest
 from ..mock import replies
 from .upstream import Upstream
 
-
-class _StreamOptions(msgspec.Struct):
-    include_usage: bool = False
-
-
-class _Request(msgspec.Struct):
-    model: str = "mock"
-    stream_options: _StreamOptions | None = None
-
-
-_request = msgspec.json.Decoder(_Request)
 _JSON = {"content-type": "application/json"}
 _SSE = {"content-type": "text/event-stream", "cache-control": "no-cache"}
 
@@ -39,28 +26,26 @@ class MockProvider(Upstream):
         return None
 
     async def send(self, dialect: Dialect, body: bytes, headers: dict[str, str], stream: bool) -> _MockResponse:
-        request = _request.decode(body)
         try:
-            plan = replies.parse_plan(request.model)
+            request = replies.read_request(body)
+            plan = replies.parse_plan(request.model or "mock")
         except ValueError as exc:
-            raise InvalidRequest(f"model: {exc}", param="model") from None
+            raise InvalidRequest(f"mock provider: {exc}", param="model") from None
         anthropic = dialect is Dialect.ANTHROPIC_MESSAGES
         if plan.ttfb_ms:
             await asyncio.sleep(plan.ttfb_ms / 1000)
         if plan.status >= 400:
             error = replies.anthropic_error if anthropic else replies.openai_error
             return _MockResponse(plan.status, _JSON, [error(plan.status, "mock error")], 0)
-        prompt = replies.prompt_text(body)
-        reply = replies.reply_for(plan, prompt)
-        tokens = replies.count_tokens(prompt)
+        reply = replies.reply_for(plan, request.prompt)
+        tokens = replies.count_tokens(request.prompt)
         if not stream:
             make = replies.anthropic_json if anthropic else replies.openai_json
             return _MockResponse(200, _JSON, [make(plan, plan.model, tokens, reply)], 0)
         if anthropic:
             events = replies.anthropic_sse(plan, plan.model, tokens, reply)
         else:
-            include_usage = bool(request.stream_options and request.stream_options.include_usage)
-            events = replies.openai_sse(plan, plan.model, tokens, reply, include_usage)
+            events = replies.openai_sse(plan, plan.model, tokens, reply, request.include_usage)
         return _MockResponse(200, _SSE, events, plan.delay_ms / 1000)
 
 

@@ -1,0 +1,319 @@
+"""A loopback fake of the OpenAI and Anthropic HTTP APIs, built on :mod:`ccm_gateway.mock.replies`.
+
+Tests point the gateway (or the official SDKs) at it and then assert on ``MockUpstream.requests``;
+benchmarks use it as a zero-cost upstream, so the hot path does no logging and no per-request setup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from .replies import (
+    MockPlan,
+    RequestInfo,
+    anthropic_error,
+    anthropic_json,
+    anthropic_sse,
+    count_tokens,
+    error_message,
+    html_error,
+    new_request_id,
+    openai_error,
+    openai_json,
+    openai_sse,
+    parse_plan,
+    read_request,
+    reply_for,
+)
+
+__all__ = ["MockUpstream", "RecordedRequest"]
+
+_OPENAI = "openai"
+_ANTHROPIC = "anthropic"
+_MAX_RECORDED = 1000
+_MAX_BODY = 64 * 1024 * 1024  # aiohttp's 1 MiB default would 413 large-context benchmarks
+_encode = msgspec.json.Encoder().encode
+
+_MODEL_IDS = ("mock-1", "gpt-4o-mini", "claude-sonnet-4-5")
+_OPENAI_MODELS = _encode(
+    {
+        "object": "list",
+        "data": [
+            {"id": m, "object": "model", "created": 1700000000, "owned_by": "ccm-mock"} for m in _MODEL_IDS
+        ],
+    }
+)
+_ANTHROPIC_MODELS = _encode(
+    {
+        "data": [
+            {"type": "model", "id": m, "display_name": m, "created_at": "2025-01-01T00:00:00Z"}
+            for m in _MODEL_IDS
+        ],
+        "has_more": False,
+        "first_id": _MODEL_IDS[0],
+        "last_id": _MODEL_IDS[-1],
+    }
+)
+
+
+@dataclass
+class RecordedRequest:
+    """One request as the mock received it, so tests can assert on what the gateway forwarded."""
+
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]  # names lower-cased; a repeated header keeps its last value
+    body: bytes
+
+    def json(self) -> Any:
+        """The body decoded as JSON (convenience for assertions)."""
+        return msgspec.json.decode(self.body)
+
+
+def _id_headers(protocol: str) -> dict[str, str]:
+    if protocol == _ANTHROPIC:
+        return {"request-id": new_request_id(protocol), "anthropic-ratelimit-requests-remaining": "99"}
+    return {"x-request-id": new_request_id(protocol), "x-ratelimit-remaining-requests": "99"}
+
+
+def _error_response(protocol: str, status: int, message: str, *, html: bool = False) -> web.Response:
+    headers = _id_headers(protocol)
+    if status == 429:
+        headers["retry-after"] = "1"
+    if html:
+        headers["content-type"] = "text/html"
+        body = html_error(status)
+    else:
+        headers["content-type"] = "application/json"
+        body = anthropic_error(status, message) if protocol == _ANTHROPIC else openai_error(status, message)
+    return web.Response(status=status, body=body, headers=headers)
+
+
+def _presented_key(request: web.Request, protocol: str) -> str:
+    if protocol == _ANTHROPIC and "x-api-key" in request.headers:
+        return request.headers["x-api-key"]
+    auth = request.headers.get("authorization", "")
+    scheme, _, token = auth.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else auth
+
+
+class MockUpstream:
+    """A loopback fake of the OpenAI and Anthropic HTTP APIs, for tests and benchmarks."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host = host
+        self.port = port
+        self.base_url = ""
+        self.requests: list[RecordedRequest] = []
+        self._runner: web.AppRunner | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Listen in the running event loop; `base_url` is valid afterwards."""
+        runner = web.AppRunner(self._build_app(), access_log=None, shutdown_timeout=0.25)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.port = runner.addresses[0][1]
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.base_url = f"http://{host}:{self.port}"
+
+    async def stop(self) -> None:
+        """Close the listener and any open (possibly still streaming) connections."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    def start_in_thread(self, timeout: float = 10.0) -> MockUpstream:
+        """Run the server on its own event loop in a daemon thread; returns self once listening."""
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self.start())
+            except BaseException as exc:
+                failure.append(exc)
+                ready.set()
+                loop.close()
+                return
+            self._loop = loop
+            ready.set()
+            try:
+                loop.run_forever()
+            finally:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name="ccm-mock-upstream", daemon=True)
+        self._thread.start()
+        if not ready.wait(timeout):
+            raise RuntimeError(f"mock upstream did not start within {timeout}s")
+        if failure:
+            raise failure[0]
+        return self
+
+    def stop_thread(self, timeout: float = 10.0) -> None:
+        """Stop a server started with start_in_thread and join its thread."""
+        loop, thread = self._loop, self._thread
+        self._loop = self._thread = None
+        if loop is None or thread is None:
+            return
+        asyncio.run_coroutine_threadsafe(self.stop(), loop).result(timeout)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout)
+
+    def __enter__(self) -> MockUpstream:
+        return self.start_in_thread()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop_thread()
+
+    async def __aenter__(self) -> MockUpstream:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    # -- application ------------------------------------------------------------------------------
+
+    def _build_app(self) -> web.Application:
+        @web.middleware
+        async def record(request: web.Request, handler: Any) -> web.StreamResponse:
+            body = await request.read()  # aiohttp caches it, so handlers re-read for free
+            requests = self.requests
+            requests.append(
+                RecordedRequest(
+                    method=request.method,
+                    path=request.path,
+                    query=request.query_string,
+                    headers={name.lower(): value for name, value in request.headers.items()},
+                    body=body,
+                )
+            )
+            if len(requests) > _MAX_RECORDED:
+                del requests[: len(requests) - _MAX_RECORDED]
+            return await handler(request)
+
+        app = web.Application(middlewares=[record], client_max_size=_MAX_BODY)
+        for prefix in ("/v1", ""):
+            app.router.add_post(prefix + "/chat/completions", self._openai_chat)
+            app.router.add_get(prefix + "/models", self._models)
+        app.router.add_post("/v1/messages", self._anthropic_messages)
+        app.router.add_post("/v1/messages/count_tokens", self._anthropic_count_tokens)
+        return app
+
+    async def _models(self, request: web.Request) -> web.Response:
+        anthropic = "anthropic-version" in request.headers
+        protocol = _ANTHROPIC if anthropic else _OPENAI
+        body = _ANTHROPIC_MODELS if anthropic else _OPENAI_MODELS
+        headers = _id_headers(protocol)
+        headers["content-type"] = "application/json"
+        return web.Response(body=body, headers=headers)
+
+    async def _prepare(
+        self, request: web.Request, protocol: str
+    ) -> tuple[RequestInfo, MockPlan] | web.Response:
+        """Validate the request and apply ttfb / auth / planned errors; a Response means "answer this"."""
+        if protocol == _ANTHROPIC and "anthropic-version" not in request.headers:
+            return _error_response(protocol, 400, "anthropic-version: header is required")
+        try:
+            info = read_request(await request.read())
+        except ValueError as exc:
+            return _error_response(protocol, 400, str(exc))
+        if not info.model:
+            return _error_response(protocol, 400, "model: field required")
+        try:
+            plan = parse_plan(info.model)
+        except ValueError as exc:
+            return _error_response(protocol, 400, str(exc))
+        if plan.ttfb_ms:
+            await asyncio.sleep(plan.ttfb_ms / 1000)
+        if plan.auth is not None:
+            ok = request.headers.get("authorization") == f"Bearer {plan.auth}"
+            if protocol == _ANTHROPIC:
+                # Recent anthropic SDKs send the API key as a Bearer token; the API accepts both forms.
+                ok = ok or request.headers.get("x-api-key") == plan.auth
+            if not ok:
+                # Echo the presented key like real providers do, so redaction by the gateway is testable.
+                presented = _presented_key(request, protocol)
+                return _error_response(protocol, 401, f"Incorrect API key provided: {presented}")
+        if plan.status >= 400:
+            return _error_response(
+                protocol, plan.status, error_message(plan.status), html=plan.error_body == "html"
+            )
+        return info, plan
+
+    async def _openai_chat(self, request: web.Request) -> web.StreamResponse:
+        prepared = await self._prepare(request, _OPENAI)
+        if isinstance(prepared, web.Response):
+            return prepared
+        info, plan = prepared
+        reply = reply_for(plan, info.prompt)
+        prompt_tokens = count_tokens(info.prompt)
+        if info.stream:
+            events = openai_sse(plan, plan.model, prompt_tokens, reply, info.include_usage)
+            return await self._stream(request, _OPENAI, events, plan.delay_ms)
+        return self._json(_OPENAI, openai_json(plan, plan.model, prompt_tokens, reply))
+
+    async def _anthropic_messages(self, request: web.Request) -> web.StreamResponse:
+        prepared = await self._prepare(request, _ANTHROPIC)
+        if isinstance(prepared, web.Response):
+            return prepared
+        info, plan = prepared
+        reply = reply_for(plan, info.prompt)
+        prompt_tokens = count_tokens(info.prompt)
+        if info.stream:
+            events = anthropic_sse(plan, plan.model, prompt_tokens, reply)
+            return await self._stream(request, _ANTHROPIC, events, plan.delay_ms)
+        return self._json(_ANTHROPIC, anthropic_json(plan, plan.model, prompt_tokens, reply))
+
+    async def _anthropic_count_tokens(self, request: web.Request) -> web.StreamResponse:
+        prepared = await self._prepare(request, _ANTHROPIC)
+        if isinstance(prepared, web.Response):
+            return prepared
+        info, _ = prepared
+        return self._json(_ANTHROPIC, _encode({"input_tokens": count_tokens(info.prompt)}))
+
+    @staticmethod
+    def _json(protocol: str, body: bytes) -> web.Response:
+        headers = _id_headers(protocol)
+        headers["content-type"] = "application/json"
+        return web.Response(body=body, headers=headers)
+
+    @staticmethod
+    async def _stream(
+        request: web.Request, protocol: str, events: list[bytes], delay_ms: int
+    ) -> web.StreamResponse:
+        headers = _id_headers(protocol)
+        headers["content-type"] = "text/event-stream"
+        headers["cache-control"] = "no-cache"
+        response = web.StreamResponse(headers=headers)
+        await response.prepare(request)
+        delay = delay_ms / 1000
+        # A client hanging up mid-stream is normal in tests (e.g. cancellation); just stop writing.
+        with contextlib.suppress(ConnectionError):
+            for position, event in enumerate(events):
+                if delay and position:
+                    await asyncio.sleep(delay)
+                await response.write(event)  # one write per event so each is flushed on its own
+        return response

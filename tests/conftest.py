@@ -1,0 +1,80 @@
+"""Shared fixtures: the loopback mock upstream, and the gateway served by real hypercorn in front of it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from starlette.middleware import Middleware
+
+from ccm_gateway import Exchange, create_app, exchange_of, load_config
+from ccm_gateway.mock import MockUpstream
+
+from .servers import ServerThread
+
+# Upstream credentials are canaries: no test output, log, header or body may ever contain them.
+OPENAI_KEY = "sk-canary-openai-7f3a9c1e5b2d4f60"
+ANTHROPIC_KEY = "sk-ant-canary-2b8e6d4c0a1f3e57"
+CANARIES = (OPENAI_KEY, ANTHROPIC_KEY)
+
+
+class ExchangeRecorder:
+    """A stage of our own: keeps every finished Exchange (one class is all a new stage needs)."""
+
+    finished: list[Exchange] = []
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        ex = exchange_of(scope)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            if ex is not None:
+                ExchangeRecorder.finished.append(ex)
+
+
+def exchange_for(request_id: str) -> Exchange:
+    matches = [ex for ex in ExchangeRecorder.finished if ex.request_id == request_id]
+    assert matches, f"no exchange recorded for {request_id}"
+    return matches[-1]
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[MockUpstream]:
+    mock = MockUpstream().start_in_thread()
+    yield mock
+    mock.stop_thread()
+
+
+def gateway_config(upstream_url: str, **server: Any) -> dict[str, Any]:
+    return {
+        "server": server,
+        "providers": {
+            "oai": {"kind": "openai", "base_url": upstream_url + "/v1", "api_keys": [OPENAI_KEY],
+                    "timeout": {"first_byte": 2.0, "idle": 1.0}},
+            "ant": {"kind": "anthropic", "base_url": upstream_url, "api_keys": [ANTHROPIC_KEY],
+                    "timeout": {"first_byte": 2.0, "idle": 1.0}},
+            "local": {"kind": "openai-compatible", "base_url": upstream_url + "/v1"},
+            "down": {"kind": "openai-compatible", "base_url": "http://127.0.0.1:9/v1",
+                     "timeout": {"connect": 2.0}},
+            "mock": {"kind": "mock"},
+        },
+        "models": [
+            {"name": "gpt-4.1", "targets": [{"provider": "oai", "model": "gpt-4.1-2025-04-14"}]},
+            {"name": "claude-sonnet", "targets": [{"provider": "ant", "model": "claude-sonnet-4-5"}]},
+            {"name": "local-llama", "targets": [{"provider": "local", "model": "llama3.1:8b"}]},
+            {"name": "unreachable", "targets": [{"provider": "down", "model": "m"}]},
+        ],
+        "routing": {"allow_direct": True, "detect_provider": True},
+    }
+
+
+@pytest.fixture(scope="session")
+def gateway(upstream: MockUpstream) -> Iterator[ServerThread]:
+    config = load_config(gateway_config(upstream.base_url, max_body_bytes=256 * 1024), env={}, dotenv=False)
+    app = create_app(config, middleware=[Middleware(ExchangeRecorder)])
+    with ServerThread(app) as server:
+        yield server
