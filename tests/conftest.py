@@ -17,6 +17,10 @@ from .servers import ServerThread
 OPENAI_KEY = "sk-canary-openai-7f3a9c1e5b2d4f60"
 ANTHROPIC_KEY = "sk-ant-canary-2b8e6d4c0a1f3e57"
 CANARIES = (OPENAI_KEY, ANTHROPIC_KEY)
+# Short upstream timeouts so timeout tests stay quick: 1 s to a stream's head, 1 s between chunks,
+# 4 s for a whole JSON answer.
+TIMEOUTS = {"connect": 2.0, "first_byte": 1.0, "idle": 1.0, "deadline": 4.0}
+CLOSED_PORT = 9  # discard: nothing listens there on loopback
 
 
 class ExchangeRecorder:
@@ -53,13 +57,12 @@ def gateway_config(upstream_url: str, **server: Any) -> dict[str, Any]:
     return {
         "server": server,
         "providers": {
-            "oai": {"kind": "openai", "base_url": upstream_url + "/v1", "api_keys": [OPENAI_KEY],
-                    "timeout": {"first_byte": 2.0, "idle": 1.0}},
-            "ant": {"kind": "anthropic", "base_url": upstream_url, "api_keys": [ANTHROPIC_KEY],
-                    "timeout": {"first_byte": 2.0, "idle": 1.0}},
+            "oai": {"kind": "openai", "base_url": upstream_url + "/v1", "api_keys": [OPENAI_KEY], "timeout": TIMEOUTS},
+            "ant": {"kind": "anthropic", "base_url": upstream_url, "api_keys": [ANTHROPIC_KEY], "timeout": TIMEOUTS},
             "local": {"kind": "openai-compatible", "base_url": upstream_url + "/v1"},
-            "down": {"kind": "openai-compatible", "base_url": "http://127.0.0.1:9/v1",
-                     "timeout": {"connect": 2.0}},
+            "down": {"kind": "openai-compatible", "base_url": f"http://127.0.0.1:{CLOSED_PORT}/v1"},
+            "down-ant": {"kind": "anthropic", "base_url": f"http://127.0.0.1:{CLOSED_PORT}", "api_keys": ["k" * 12]},
+            "nokey": {"kind": "openai", "api_keys": ["env:CCM_TEST_NEVER_SET?"]},
             "mock": {"kind": "mock"},
         },
         "models": [
@@ -67,6 +70,8 @@ def gateway_config(upstream_url: str, **server: Any) -> dict[str, Any]:
             {"name": "claude-sonnet", "targets": [{"provider": "ant", "model": "claude-sonnet-4-5"}]},
             {"name": "local-llama", "targets": [{"provider": "local", "model": "llama3.1:8b"}]},
             {"name": "unreachable", "targets": [{"provider": "down", "model": "m"}]},
+            {"name": "unreachable-claude", "targets": [{"provider": "down-ant", "model": "m"}]},
+            {"name": "needs-key", "targets": [{"provider": "nokey", "model": "gpt-4o"}]},
         ],
         "routing": {"allow_direct": True, "detect_provider": True},
     }

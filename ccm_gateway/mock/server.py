@@ -7,7 +7,6 @@ benchmarks use it as a zero-cost upstream, so the hot path does no logging and n
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +32,7 @@ from .replies import (
     reply_for,
 )
 
-__all__ = ["MockUpstream", "RecordedRequest"]
+__all__ = ["MockUpstream", "RecordedRequest", "StreamResult"]
 
 _OPENAI = "openai"
 _ANTHROPIC = "anthropic"
@@ -105,6 +104,16 @@ def _presented_key(request: web.Request, protocol: str) -> str:
     return token.strip() if scheme.lower() == "bearer" else auth
 
 
+@dataclass
+class StreamResult:
+    """How far one streamed answer got: ``sent < total`` means the reader hung up early."""
+
+    model: str
+    total: int
+    sent: int = 0
+    reader_left: bool = False  # a write failed because the reader had closed the connection
+
+
 class MockUpstream:
     """A loopback fake of the OpenAI and Anthropic HTTP APIs, for tests and benchmarks."""
 
@@ -113,6 +122,7 @@ class MockUpstream:
         self.port = port
         self.base_url = ""
         self.requests: list[RecordedRequest] = []
+        self.streams: list[StreamResult] = []  # every streamed answer, newest last (same cap)
         self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -272,7 +282,7 @@ class MockUpstream:
         prompt_tokens = count_tokens(info.prompt)
         if info.stream:
             events = openai_sse(plan, plan.model, prompt_tokens, reply, info.include_usage)
-            return await self._stream(request, _OPENAI, events, plan.delay_ms)
+            return await self._stream(request, _OPENAI, events, plan.delay_ms, info.model)
         return self._json(_OPENAI, openai_json(plan, plan.model, prompt_tokens, reply))
 
     async def _anthropic_messages(self, request: web.Request) -> web.StreamResponse:
@@ -284,7 +294,7 @@ class MockUpstream:
         prompt_tokens = count_tokens(info.prompt)
         if info.stream:
             events = anthropic_sse(plan, plan.model, prompt_tokens, reply)
-            return await self._stream(request, _ANTHROPIC, events, plan.delay_ms)
+            return await self._stream(request, _ANTHROPIC, events, plan.delay_ms, info.model)
         return self._json(_ANTHROPIC, anthropic_json(plan, plan.model, prompt_tokens, reply))
 
     async def _anthropic_count_tokens(self, request: web.Request) -> web.StreamResponse:
@@ -300,9 +310,8 @@ class MockUpstream:
         headers["content-type"] = "application/json"
         return web.Response(body=body, headers=headers)
 
-    @staticmethod
     async def _stream(
-        request: web.Request, protocol: str, events: list[bytes], delay_ms: int
+        self, request: web.Request, protocol: str, events: list[bytes], delay_ms: int, model: str | None
     ) -> web.StreamResponse:
         headers = _id_headers(protocol)
         headers["content-type"] = "text/event-stream"
@@ -310,10 +319,16 @@ class MockUpstream:
         response = web.StreamResponse(headers=headers)
         await response.prepare(request)
         delay = delay_ms / 1000
+        result = StreamResult(model or "", len(events))
+        self.streams.append(result)
+        del self.streams[:-_MAX_RECORDED]
         # A client hanging up mid-stream is normal in tests (e.g. cancellation); just stop writing.
-        with contextlib.suppress(ConnectionError):
+        try:
             for position, event in enumerate(events):
                 if delay and position:
                     await asyncio.sleep(delay)
                 await response.write(event)  # one write per event so each is flushed on its own
+                result.sent += 1
+        except ConnectionError:
+            result.reader_left = True
         return response
