@@ -13,7 +13,6 @@ import os
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -23,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .config import Config, load_config
+from .config import DEFAULT_CONFIG_PATH, Config, load_config
 from .dialects import Dialect
 from .errors import MethodNotAllowed, NotFound
 from .exchange import exchange_of
@@ -77,12 +76,13 @@ def create_app(
     *,
     middleware: Sequence[Middleware] = (),
 ) -> Starlette:
-    """Build the gateway ASGI app from a loaded Config, a mapping, a TOML path, or the defaults.
+    """Build the gateway ASGI app from a loaded Config, a mapping, a TOML path, or (None) the
+    embedded default config that ``make run`` uses.
 
     ``middleware`` adds your own stages after the built-in ones (they see a filled Exchange).
     """
     if not isinstance(config, Config):
-        config = load_config(config if isinstance(config, Mapping | str | Path) else None)
+        config = load_config(DEFAULT_CONFIG_PATH if config is None else config)
     gateway = Gateway(config)
     chat = ChatEndpoint(gateway.router)
     routes = [

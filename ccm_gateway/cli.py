@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from .config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from .providers.kinds import KINDS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +38,7 @@ def check_config(path: Path) -> int:
             print(f"  {line}", file=sys.stderr)
         return 2
     print(json.dumps(config.redacted(), indent=2))
-    unavailable = [n for n, p in config.providers.items() if p.kind not in ("mock",) and not p.api_keys]
+    unavailable = [n for n, p in config.providers.items() if KINDS[p.kind].needs_key and not p.api_keys]
     if unavailable:
         print(f"note: no API key for provider(s) {', '.join(unavailable)}", file=sys.stderr)
     return 0

@@ -198,7 +198,9 @@ def _read_dotenv(dotenv: str | os.PathLike[str] | bool) -> Mapping[str, str]:
         return {}
     path = Path(".env") if dotenv is True else Path(dotenv)
     if not path.is_file():
-        return {}
+        if dotenv is True:
+            return {}
+        raise ConfigError([f"{path}: no such .env file"])
     return {k: v for k, v in dotenv_values(path).items() if v is not None}
 
 
@@ -284,7 +286,8 @@ def _format(exc: Exception, prefix: str, raw: Any) -> str:
     path = ".".join(filter(None, [prefix, *(f"[{p}]" if p.isdigit() else p for p in parts)]))
     path = path.replace(".[", "[")
     value = _lookup(raw, parts)
-    message = message[0].lower() + message[1:] if message else message
+    if isinstance(exc, msgspec.ValidationError) and message[:1].isupper() and message[1:2].islower():
+        message = message[0].lower() + message[1:]  # msgspec's "Expected …" / "Object …"
     if message.startswith("expected"):
         message = _WORD.sub(lambda m: _NAMES.get(m.group(1), m.group(1)), message)
         if value is not _MISSING and not isinstance(value, dict | list):
@@ -354,8 +357,8 @@ def _check(config: Config) -> None:
             if fallback not in seen:
                 errors.append(f"models[{i}].fallbacks[{j}]: unknown model \"{fallback}\"")
     for i, key in enumerate(config.keys):
-        if key.key is None and key.key_sha256 is None:
-            errors.append(f"keys[{i}]: give key or key_sha256")
+        if not key.key and key.key_sha256 is None:
+            errors.append(f"keys[{i}]: give key or key_sha256 (an optional key reference that is unset counts as none)")
         if key.key_sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", key.key_sha256):
             errors.append(f"keys[{i}].key_sha256: expected 64 lower-case hex digits")
     if errors:
