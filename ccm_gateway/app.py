@@ -122,7 +122,7 @@ def _ready(gateway: Gateway):
             name: {"kind": u.kind.name, "available": u.available} for name, u in gateway.upstreams.items()
         }
         models = [name for name, _ in gateway.router.listed()]
-        ok = gateway.started and bool(models)
+        ok = bool(models)  # sessions open at start-up, or lazily when mounted without lifespan
         body = {"status": "ready" if ok else "not ready", "started": gateway.started,
                 "providers": providers, "models": models}
         return _json(body, 200 if ok else 503)

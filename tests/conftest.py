@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -41,9 +42,14 @@ class ExchangeRecorder:
 
 
 def exchange_for(request_id: str) -> Exchange:
-    matches = [ex for ex in ExchangeRecorder.finished if ex.request_id == request_id]
-    assert matches, f"no exchange recorded for {request_id}"
-    return matches[-1]
+    """The finished Exchange of a request. The client may see the last byte a moment before the
+    server-side stages finish, so this waits (bounded: at most ~10 s)."""
+    for _ in range(200):
+        for ex in reversed(ExchangeRecorder.finished):
+            if ex.request_id == request_id:
+                return ex
+        threading.Event().wait(0.05)
+    raise AssertionError(f"no exchange recorded for {request_id}")
 
 
 @pytest.fixture(scope="session")

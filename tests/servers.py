@@ -59,6 +59,11 @@ class ServerThread:
                 threading.Event().wait(0.02)
         raise RuntimeError(f"nothing listening on port {self.port}")
 
+    def run(self, coro: Any, timeout: float = 10.0) -> Any:
+        """Run a coroutine on the server's event loop (where its sessions live) and wait for it."""
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
     def stop(self, timeout: float = 10.0) -> None:
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)

@@ -3,23 +3,12 @@ Exchange says so."""
 
 from __future__ import annotations
 
-import threading
-
 import httpx
 
 from ccm_gateway.mock import MockUpstream
 
-from .conftest import ExchangeRecorder
+from .conftest import exchange_for
 from .servers import ServerThread
-
-
-def wait_for_exchange(request_id: str):
-    for _ in range(200):  # bounded: at most ~10 s
-        for ex in ExchangeRecorder.finished:
-            if ex.request_id == request_id:
-                return ex
-        threading.Event().wait(0.05)
-    raise AssertionError("the exchange never finished")
 
 
 def test_client_hangup_cancels_the_upstream_read(gateway: ServerThread, upstream: MockUpstream) -> None:
@@ -30,7 +19,7 @@ def test_client_hangup_cancels_the_upstream_read(gateway: ServerThread, upstream
     with httpx.stream("POST", gateway.base_url + "/v1/chat/completions", json=body, timeout=10) as r:
         request_id = r.headers["x-request-id"]
         assert next(r.iter_lines()).startswith("data: ")
-    ex = wait_for_exchange(request_id)
+    ex = exchange_for(request_id)
     result = next(s for s in reversed(upstream.streams) if s.model == model)
     # The exchange ended while the upstream was still silent: it did not wait for the next chunk.
     assert result.sent == 1 and result.total > 3

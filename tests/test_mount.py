@@ -62,3 +62,5 @@ def test_mounted_without_lifespan_opens_sessions_lazily(upstream: MockUpstream) 
         oai = openai.OpenAI(base_url=server.base_url + "/llm/v1", api_key="x", max_retries=0, timeout=10)
         out = oai.chat.completions.create(model="gpt-4.1", messages=[{"role": "user", "content": "lazy"}])
         assert out.choices[0].message.content.endswith("You said: lazy")
+        assert httpx.get(server.base_url + "/llm/ready").status_code == 200
+        server.run(gateway.state.gateway.close())  # what the README's lifespan hook would do

@@ -170,6 +170,11 @@ class MockUpstream:
             try:
                 loop.run_forever()
             finally:
+                # Connections the peer left open still have handler tasks; end them quietly.
+                pending = asyncio.all_tasks(loop)
+                for task in pending:
+                    task.cancel()
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
                 loop.run_until_complete(loop.shutdown_asyncgens())
                 loop.close()
 
