@@ -7,6 +7,9 @@ is the one channel that reaches them); without it the embedded default config is
 import os
 
 from .app import create_app
+from .cli import configure_logging
 from .config import DEFAULT_CONFIG_PATH, load_config
 
-app = create_app(load_config(os.environ.get("CCM_CONFIG") or DEFAULT_CONFIG_PATH))
+_config = load_config(os.environ.get("CCM_CONFIG") or DEFAULT_CONFIG_PATH)
+configure_logging(_config.logging.level)
+app = create_app(_config)

@@ -56,7 +56,7 @@ def serve_forever(args: argparse.Namespace) -> int:
         for line in exc.errors:
             print(f"  {line}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=config.logging.level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(config.logging.level)
     os.environ["CCM_CONFIG"] = str(Path(path).resolve())
     hc = HypercornConfig()
     host = args.host or config.server.host
@@ -72,6 +72,12 @@ def serve_forever(args: argparse.Namespace) -> int:
     hc.errorlog = logging.getLogger("hypercorn.error")  # through our handlers, once
     print(f"ccm-gateway listening on http://{host}:{port} ({workers} worker(s), config {path})", flush=True)
     return run(hc) or 0
+
+
+def configure_logging(level: str) -> None:
+    """Plain stderr logging for the standalone server; hosts that embed the app keep their own."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
 
 def _has_uvloop() -> bool:

@@ -14,7 +14,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from dotenv import dotenv_values
@@ -119,7 +119,7 @@ class RoutingConfig(_Section):
 
 
 class LoggingConfig(_Section):
-    level: str = "info"
+    level: Literal["debug", "info", "warning", "error"] = "info"
 
 
 class Config(_Section):

@@ -89,3 +89,14 @@ def test_sigterm_lets_inflight_stream_finish(
     assert proc.wait(15) == 0
     with pytest.raises(httpx.TransportError):
         httpx.get(base + "/health", timeout=1)
+
+
+def test_two_workers_serve_and_stop_cleanly(stop_after: list[subprocess.Popen[bytes]]) -> None:
+    proc, base = start_gateway("--workers", "2")
+    stop_after.append(proc)
+    for i in range(8):
+        r = httpx.post(base + "/v1/chat/completions", timeout=10, json={
+            "model": "mock", "messages": [{"role": "user", "content": f"n{i}"}]})
+        assert r.json()["choices"][0]["message"]["content"].endswith(f"You said: n{i}")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
