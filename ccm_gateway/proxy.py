@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -19,16 +19,13 @@ from .dialects import Dialect
 from .dialects.registry import WIRE
 from .errors import GatewayError, UpstreamTimeout, UpstreamUnavailable, error_for_status
 from .exchange import Exchange, exchange_of
+from .middleware.types import Receive, Scope, Send
 from .providers.upstream import Upstream, UpstreamResponse
 from .responses import send_bytes, send_error
 from .routing import Router
 from .streaming import UsageSniffer
 
 log = logging.getLogger("ccm_gateway.proxy")
-
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 ANTHROPIC_VERSION = "2023-06-01"
 MAX_ERROR_BODY = 1024 * 1024
@@ -49,26 +46,53 @@ class ChatEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ex = exchange_of(scope)
         assert ex is not None, "ChatEndpoint needs ExchangeMiddleware in front of it"
-        wire = WIRE[ex.dialect]
-        head = wire.parse_head(ex.body)
+        head = WIRE[ex.dialect].parse_head(ex.body)
         ex.model, ex.stream = head.model, head.stream
         route = self.router.resolve(head.model)
         deployment = route.pick(ex.dialect)
         ex.route, ex.deployment = route.name, deployment.label
         upstream = deployment.upstream
-        key = upstream.pick_key()
         headers = upstream_headers(scope, ex, upstream)
-        headers.update(upstream.auth_headers(key))
+        headers.update(upstream.auth_headers(upstream.pick_key()))
+        body = head.body_for(deployment.model, ex.body)
+        task = asyncio.current_task()
+        assert task is not None
+        watcher = asyncio.create_task(watch_disconnect(receive, ex, task))
+        try:
+            await self._exchange(send, ex, upstream, body, headers)
+        except asyncio.CancelledError:
+            if not ex.client_disconnected:
+                raise
+            task.uncancel()  # we cancelled ourselves because the client left: a normal end
+        finally:
+            watcher.cancel()
+
+    async def _exchange(
+        self, send: Send, ex: Exchange, upstream: Upstream, body: bytes, headers: dict[str, str]
+    ) -> None:
+        deadline = asyncio.get_running_loop().time() + upstream.timeout.deadline
         ex.attempts += 1
-        resp = await upstream.send(ex.dialect, head.body_for(deployment.model, ex.body), headers, head.stream)
+        resp = await upstream.send(ex.dialect, body, headers, ex.stream, deadline)
         ex.upstream_status = resp.status
         try:
             if resp.status >= 400:
                 await relay_error(send, ex, upstream, resp)
             else:
-                await Pipe(ex, upstream, resp, send).run(receive)
+                await Pipe(ex, upstream, resp, send).run(deadline)
         finally:
             resp.close()
+
+
+async def watch_disconnect(receive: Receive, ex: Exchange, task: asyncio.Task[Any]) -> None:
+    """Cancel the request's task the moment its client hangs up, so the upstream call ends at once
+    (whether it is waiting for the first byte or between chunks). The body was read already, so
+    the next message ``receive`` gives is the disconnect."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            ex.client_disconnected = True
+            task.cancel()
+            return
 
 
 def upstream_headers(scope: Scope, ex: Exchange, upstream: Upstream) -> dict[str, str]:
@@ -106,7 +130,8 @@ def redact_credentials(body: bytes, upstream: Upstream) -> bytes:
 async def relay_error(send: Send, ex: Exchange, upstream: Upstream, resp: UpstreamResponse) -> None:
     """An upstream error in the caller's protocol passes through; anything else is re-shaped."""
     try:
-        body = await resp.read(MAX_ERROR_BODY)
+        async with asyncio.timeout(upstream.timeout.idle):
+            body = await resp.read(MAX_ERROR_BODY)
     except (aiohttp.ClientError, TimeoutError):
         body = b""
     wire = WIRE[ex.dialect]
@@ -133,28 +158,7 @@ class Pipe:
         self.resp = resp
         self.send = send
 
-    async def run(self, receive: Receive) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        watcher = asyncio.create_task(self._watch_disconnect(receive, task))
-        try:
-            await self._pipe()
-        except asyncio.CancelledError:
-            if not self.ex.client_disconnected:
-                raise
-            task.uncancel()  # we cancelled ourselves because the client left; that is a normal end
-        finally:
-            watcher.cancel()
-
-    async def _watch_disconnect(self, receive: Receive, task: asyncio.Task[Any]) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                self.ex.client_disconnected = True
-                task.cancel()
-                return
-
-    async def _pipe(self) -> None:
+    async def run(self, deadline: float) -> None:
         ex, resp, send = self.ex, self.resp, self.send
         wire = WIRE[ex.dialect]
         content_type = resp.headers.get("content-type", "application/json")
@@ -169,10 +173,9 @@ class Pipe:
         kept_size = 0
         last = previous = b""
         loop = asyncio.get_running_loop()
-        timeouts = self.upstream.timeout
-        deadline = loop.time() + timeouts.deadline
+        idle = self.upstream.timeout.idle
         try:
-            async with asyncio.timeout(min(loop.time() + timeouts.idle, deadline)) as timer:
+            async with asyncio.timeout(min(loop.time() + idle, deadline)) as timer:
                 async for chunk in resp.chunks():
                     if ex.first_byte_at is None:
                         ex.first_byte_at = loop.time()
@@ -185,7 +188,7 @@ class Pipe:
                             kept = None
                     previous, last = last, chunk
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                    timer.reschedule(min(loop.time() + timeouts.idle, deadline))
+                    timer.reschedule(min(loop.time() + idle, deadline))
         except TimeoutError:
             await self._fail(UpstreamTimeout(f"upstream {self.upstream.name} stopped sending"), streaming)
             return

@@ -4,6 +4,7 @@ Exchange says so."""
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from ccm_gateway.mock import MockUpstream
 
@@ -25,3 +26,13 @@ def test_client_hangup_cancels_the_upstream_read(gateway: ServerThread, upstream
     assert result.sent == 1 and result.total > 3
     assert ex.client_disconnected
     assert not ex.usage.reported
+
+
+def test_client_hangup_while_waiting_for_the_first_byte(gateway: ServerThread) -> None:
+    body = {"model": "local/gpt-4.1+ttfb_ms=4000", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+    request_id = "hangup-before-first-byte"
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up long before the upstream answers
+        httpx.post(gateway.base_url + "/v1/chat/completions", json=body, timeout=httpx.Timeout(10, read=0.5),
+                   headers={"x-request-id": request_id})
+    ex = exchange_for(request_id)
+    assert ex.client_disconnected and ex.upstream_status is None

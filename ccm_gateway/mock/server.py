@@ -279,28 +279,27 @@ class MockUpstream:
         return info, plan
 
     async def _openai_chat(self, request: web.Request) -> web.StreamResponse:
-        prepared = await self._prepare(request, _OPENAI)
-        if isinstance(prepared, web.Response):
-            return prepared
-        info, plan = prepared
-        reply = reply_for(plan, info.prompt)
-        prompt_tokens = count_tokens(info.prompt)
-        if info.stream:
-            events = openai_sse(plan, plan.model, prompt_tokens, reply, info.include_usage)
-            return await self._stream(request, _OPENAI, events, plan.delay_ms, info.model)
-        return self._json(_OPENAI, openai_json(plan, plan.model, prompt_tokens, reply))
+        return await self._chat(request, _OPENAI)
 
     async def _anthropic_messages(self, request: web.Request) -> web.StreamResponse:
-        prepared = await self._prepare(request, _ANTHROPIC)
+        return await self._chat(request, _ANTHROPIC)
+
+    async def _chat(self, request: web.Request, protocol: str) -> web.StreamResponse:
+        prepared = await self._prepare(request, protocol)
         if isinstance(prepared, web.Response):
             return prepared
         info, plan = prepared
         reply = reply_for(plan, info.prompt)
         prompt_tokens = count_tokens(info.prompt)
+        if protocol == _OPENAI:
+            if info.stream:
+                events = openai_sse(plan, plan.model, prompt_tokens, reply, info.include_usage)
+                return await self._stream(request, protocol, events, plan.delay_ms, info.model)
+            return self._json(protocol, openai_json(plan, plan.model, prompt_tokens, reply))
         if info.stream:
             events = anthropic_sse(plan, plan.model, prompt_tokens, reply)
-            return await self._stream(request, _ANTHROPIC, events, plan.delay_ms, info.model)
-        return self._json(_ANTHROPIC, anthropic_json(plan, plan.model, prompt_tokens, reply))
+            return await self._stream(request, protocol, events, plan.delay_ms, info.model)
+        return self._json(protocol, anthropic_json(plan, plan.model, prompt_tokens, reply))
 
     async def _anthropic_count_tokens(self, request: web.Request) -> web.StreamResponse:
         prepared = await self._prepare(request, _ANTHROPIC)

@@ -25,7 +25,9 @@ class MockProvider(Upstream):
     async def close(self) -> None:
         return None
 
-    async def send(self, dialect: Dialect, body: bytes, headers: dict[str, str], stream: bool) -> _MockResponse:
+    async def send(
+        self, dialect: Dialect, body: bytes, headers: dict[str, str], stream: bool, deadline: float
+    ) -> _MockResponse:
         try:
             request = replies.read_request(body)
             plan = replies.parse_plan(request.model or "mock")

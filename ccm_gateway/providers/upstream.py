@@ -106,20 +106,23 @@ class Upstream:
             await session.close()
 
     async def send(
-        self, dialect: Dialect, body: bytes, headers: dict[str, str], stream: bool
+        self, dialect: Dialect, body: bytes, headers: dict[str, str], stream: bool, deadline: float
     ) -> UpstreamResponse:
         """POST a chat request; returns once the response head has arrived.
 
         Raises UpstreamUnavailable on connection failures and UpstreamTimeout when the head does not
-        come within ``first_byte`` (streams) or ``deadline`` (whole JSON responses).
+        come within ``first_byte`` (streams) or by ``deadline`` (loop time; JSON answers arrive whole).
         """
         if self._session is None:
             await self.start()
         assert self._session is not None
         url = self.base_url + self.kind.path(dialect)
-        wait = self.timeout.first_byte if stream else self.timeout.deadline
+        loop = asyncio.get_running_loop()
+        wait = deadline - loop.time()
+        if stream:
+            wait = min(wait, self.timeout.first_byte)
         try:
-            async with asyncio.timeout(wait):
+            async with asyncio.timeout_at(loop.time() + wait):
                 resp = await self._session.post(url, data=body, headers=headers, allow_redirects=False)
         except TimeoutError:
             raise UpstreamTimeout(f"upstream {self.name} did not answer within {wait:g}s") from None
