@@ -44,6 +44,7 @@ class Exchange:
     """One API request on its way through the stages."""
 
     __slots__ = (
+        "_head",
         "attempts",
         "body",
         "client_disconnected",
@@ -79,6 +80,18 @@ class Exchange:
         self.client_disconnected = False
         self.started_at = time.perf_counter()
         self.first_byte_at: float | None = None
+        self._head: Any = None
+
+    def head(self) -> Any:
+        """The request's model, stream flag and raw fields (a ``dialects.head.RequestHead``), decoded
+        once on first use by whichever stage needs it first; raises InvalidRequest (400) when the
+        body is not a valid request of the caller's dialect."""
+        if self._head is None:
+            from .dialects.registry import WIRE  # late: the dialects import this module
+
+            self._head = WIRE[self.dialect].parse_head(self.body)
+            self.model, self.stream = self._head.model, self._head.stream
+        return self._head
 
 
 def exchange_of(scope: MutableMapping[str, Any]) -> Exchange | None:

@@ -46,8 +46,7 @@ class ChatEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ex = exchange_of(scope)
         assert ex is not None, "ChatEndpoint needs ExchangeMiddleware in front of it"
-        head = WIRE[ex.dialect].parse_head(ex.body)
-        ex.model, ex.stream = head.model, head.stream
+        head = ex.head()
         route = self.router.resolve(head.model)
         deployment = route.pick(ex.dialect)
         ex.route, ex.deployment = route.name, deployment.label
