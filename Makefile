@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format bench check-config clean
+.PHONY: install run test lint format bench bench-full bench-peers profile check-config clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,8 +30,23 @@ format: $(STAMP)
 check-config: $(STAMP) ## CONFIG=file.toml: validate and print it redacted
 	$(BIN)/ccm-gateway check-config $(CONFIG)
 
-bench: $(STAMP)
-	@echo "make bench: the benchmark suite is not built yet (issue: bundled benchmarks)"; exit 1
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP) ## short benchmark (< 3 min): gateway vs bare proxy vs direct, ratios printed
+	$(BIN)/python -m benchmarks.runner $(BENCH_ARGS)
+
+bench-full: $(BENCH_STAMP) ## every scenario, longer runs, RSS over 10k requests
+	$(BIN)/python -m benchmarks.runner --full $(BENCH_ARGS)
+
+bench-peers: $(BENCH_STAMP) ## also measure the LiteLLM proxy (installed into .venv-peers) on the same mock
+	test -x .venv-peers/bin/litellm || ($(PYTHON) -m venv .venv-peers && .venv-peers/bin/pip install --quiet 'litellm[proxy]')
+	$(BIN)/python -m benchmarks.runner --peers .venv-peers/bin/litellm $(BENCH_ARGS)
+
+profile: $(BENCH_STAMP) ## py-spy flame graph of the gateway under streaming load → benchmarks/results/profile.svg
+	$(BIN)/python -m benchmarks.profile
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -117,9 +117,10 @@ class StreamResult:
 class MockUpstream:
     """A loopback fake of the OpenAI and Anthropic HTTP APIs, for tests and benchmarks."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, record: bool = True) -> None:
         self.host = host
         self.port = port
+        self.record = record  # keep ``requests`` (tests); benchmarks switch it off
         self.base_url = ""
         self.requests: list[RecordedRequest] = []
         self.streams: list[StreamResult] = []  # every streamed answer, newest last (same cap)
@@ -229,7 +230,8 @@ class MockUpstream:
                 del requests[: len(requests) - _MAX_RECORDED]
             return await handler(request)
 
-        app = web.Application(middlewares=[record], client_max_size=_MAX_BODY)
+        middlewares = [record] if self.record else []  # benchmarks run without the bookkeeping
+        app = web.Application(middlewares=middlewares, client_max_size=_MAX_BODY)
         for prefix in ("/v1", ""):
             app.router.add_post(prefix + "/chat/completions", self._openai_chat)
             app.router.add_get(prefix + "/models", self._models)
@@ -324,8 +326,9 @@ class MockUpstream:
         await response.prepare(request)
         delay = delay_ms / 1000
         result = StreamResult(model or "", len(events))
-        self.streams.append(result)
-        del self.streams[:-_MAX_RECORDED]
+        if self.record:
+            self.streams.append(result)
+            del self.streams[:-_MAX_RECORDED]
         # A client hanging up mid-stream is normal in tests (e.g. cancellation); just stop writing.
         try:
             for position, event in enumerate(events):
