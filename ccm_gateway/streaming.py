@@ -11,22 +11,16 @@ from collections.abc import Callable
 
 from .exchange import Usage
 
-_NEEDLE = b'"usage"'
+_COMPACT = b'"usage":{'
+_SPACED = b'"usage": {'
 _MAX_LINE = 4 * 1024 * 1024  # an event line longer than this is not worth keeping for usage
 
 
 def carries_usage_object(data: bytes) -> bool:
-    """True when ``"usage"`` appears followed by ``:`` and an object (not ``null``)."""
-    at = data.find(_NEEDLE)
-    while at >= 0:
-        i = at + len(_NEEDLE)
-        n = len(data)
-        while i < n and data[i] in b" \t:":
-            i += 1
-        if i < n and data[i] == 0x7B:  # "{"
-            return True
-        at = data.find(_NEEDLE, i)
-    return False
+    """True when ``"usage"`` is followed by an object, not ``null`` (OpenAI streams with
+    ``include_usage`` repeat ``"usage":null`` on every chunk). Two C-speed substring searches cover
+    compact JSON and the ``": "`` style of Python's json module; other spacings are not recognised."""
+    return _COMPACT in data or _SPACED in data
 
 
 class UsageSniffer:
