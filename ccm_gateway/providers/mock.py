@@ -11,7 +11,9 @@ from collections.abc import AsyncIterator, Mapping
 
 from ..dialects import Dialect
 from ..errors import InvalidRequest
+from ..mock import embeddings as mock_embeddings
 from ..mock import replies
+from .kinds import EMBEDDINGS
 from .upstream import Upstream
 
 _JSON = {"content-type": "application/json"}
@@ -26,14 +28,17 @@ class MockProvider(Upstream):
         return None
 
     async def send(
-        self, dialect: Dialect, body: bytes, headers: dict[str, str], stream: bool, deadline: float
+        self, op: str, body: bytes, headers: dict[str, str], stream: bool, deadline: float, *, model: str = ""
     ) -> _MockResponse:
+        if op == EMBEDDINGS:
+            status, answer = mock_embeddings.openai_embeddings(body)
+            return _MockResponse(status, _JSON, [answer], 0)
         try:
             request = replies.read_request(body)
             plan = replies.parse_plan(request.model or "mock")
         except ValueError as exc:
             raise InvalidRequest(f"mock provider: {exc}", param="model") from None
-        anthropic = dialect is Dialect.ANTHROPIC_MESSAGES
+        anthropic = op == Dialect.ANTHROPIC_MESSAGES
         if plan.ttfb_ms:
             await asyncio.sleep(plan.ttfb_ms / 1000)
         if plan.status >= 400:

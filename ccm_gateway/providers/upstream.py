@@ -14,6 +14,7 @@ import random
 import socket
 from collections.abc import AsyncIterator, Mapping
 from typing import Protocol
+from urllib.parse import urlencode
 
 import aiohttp
 
@@ -52,6 +53,8 @@ class Upstream:
         self.stream_options = (
             config.stream_options if config.stream_options is not None else self.kind.stream_options
         )
+        version = config.api_version or self.kind.api_version
+        self.query = urlencode({"api-version": version}) if version else ""  # Azure's api-version
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -72,11 +75,19 @@ class Upstream:
         return self.keys[bisect.bisect_right(self._cum_weights, point)]
 
     def auth_headers(self, key: Secret | None) -> dict[str, str]:
+        """The credential header: ``Authorization: Bearer`` or the kind's own header with the bare key."""
         if key is None or self.kind.auth == "none":
             return {}
-        if self.kind.auth == "x-api-key":
-            return {"x-api-key": key.reveal()}
-        return {"authorization": f"Bearer {key.reveal()}"}
+        if self.kind.auth == "bearer":
+            return {"authorization": f"Bearer {key.reveal()}"}
+        return {self.kind.auth: key.reveal()}
+
+    def url(self, op: str, model: str = "", stream: bool = False) -> str:
+        """The full URL for ``op`` (a Dialect for a chat call, or "embeddings") with ``model``."""
+        url = self.base_url + self.kind.path(op, model, stream)
+        if self.query:
+            url += ("&" if "?" in url else "?") + self.query
+        return url
 
     async def start(self) -> None:
         if self._session is not None:
@@ -106,9 +117,10 @@ class Upstream:
             await session.close()
 
     async def send(
-        self, dialect: Dialect, body: bytes, headers: dict[str, str], stream: bool, deadline: float
+        self, op: str, body: bytes, headers: dict[str, str], stream: bool, deadline: float, *, model: str = ""
     ) -> UpstreamResponse:
-        """POST a chat request; returns once the response head has arrived.
+        """POST a request for ``op`` (a Dialect for a chat call, or "embeddings") to the URL built for
+        ``model`` (Azure and Gemini put it in the path); returns once the response head has arrived.
 
         Raises UpstreamUnavailable on connection failures and UpstreamTimeout when the head does not
         come within ``first_byte`` (streams) or by ``deadline`` (loop time; JSON answers arrive whole).
@@ -116,7 +128,7 @@ class Upstream:
         if self._session is None:
             await self.start()
         assert self._session is not None
-        url = self.base_url + self.kind.path(dialect)
+        url = self.url(op, model, stream)
         loop = asyncio.get_running_loop()
         wait = deadline - loop.time()
         if stream:
