@@ -1,7 +1,9 @@
 """Wire protocols the gateway speaks, to clients and to upstreams.
 
-Cross-protocol translation (the canonical model and one module per dialect) is not built yet; today
-every request is served by an upstream of the client's own dialect, byte for byte (pass-through).
+Same dialect on both sides is byte pass-through (``openai_chat``, ``anthropic_messages``: request head,
+error shapes, usage sniffing). Across dialects, requests and answers go through the canonical model
+(``canonical``) with per-dialect codecs: ``openai_translate`` + ``openai_stream``,
+``anthropic_translate`` + ``anthropic_stream``, ``gemini``; ``translate.py`` drives them.
 """
 
 from enum import StrEnum

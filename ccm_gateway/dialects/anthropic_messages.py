@@ -1,7 +1,7 @@
 """Anthropic Messages: request head, error bodies and frames, usage from responses and events.
 
-Only what pass-through needs lives here today; translation to and from the canonical model is the
-cross-protocol issue's work.
+What pass-through needs lives here; translation to and from the canonical model is in the
+``*_translate`` and ``*_stream`` modules beside it.
 """
 
 from __future__ import annotations

@@ -63,6 +63,7 @@ class MockPlan:
     text: str | None = None  # exact reply text override (URL-unquoted)
     size: int | None = None  # reply text of about this many bytes
     auth: str | None = None  # require this API key (Bearer for OpenAI, x-api-key for Anthropic)
+    script: str | None = None  # replay this recorded-shape fixture (mock/scripts.py) instead of a reply
 
 
 # key -> (minimum, maximum) for the integer directives; bounds keep a typo from hanging a benchmark.
@@ -75,7 +76,7 @@ _INT_DIRECTIVES: dict[str, tuple[int, int]] = {
     "tools": (0, 128),
     "size": (0, 64 * 1024 * 1024),
 }
-_STR_DIRECTIVES = ("error_body", "text", "auth")
+_STR_DIRECTIVES = ("error_body", "text", "auth", "script")
 _KNOWN = ", ".join([*_INT_DIRECTIVES, *_STR_DIRECTIVES])
 
 
@@ -111,6 +112,10 @@ def parse_plan(model: str) -> MockPlan:
             values[key] = raw
         elif key == "text":
             values[key] = unquote(raw)
+        elif key == "script":
+            if not raw:
+                raise ValueError("mock directive 'script' needs a fixture name")
+            values[key] = raw
         elif key == "auth":
             if not raw:
                 raise ValueError("mock directive 'auth' needs a non-empty key")
