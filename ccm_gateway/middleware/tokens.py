@@ -1,0 +1,62 @@
+"""The token-count stage: the prompt estimate on the Exchange, and a context-window check.
+
+Rate limits, budgets and the translated message_start read ``ex.token_estimate``; a prompt that
+cannot fit the target model's window is refused here, in the provider's own words, before any
+upstream call. Exact (OpenAI) counts are refused at the window; estimates only beyond the
+estimator's error margin, so a prompt the provider would accept is never turned away.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from ..dialects import Dialect
+from ..errors import GatewayError, InvalidRequest
+from ..exchange import Exchange, exchange_of
+from ..routing import Router
+from ..tokens import TokenCounter, known_window
+from .types import ASGIApp, Receive, Scope, Send
+
+ESTIMATE_MARGIN = 0.15  # Anthropic/Gemini estimates can be this far off (PROTOCOLS.md §6.3)
+
+
+class ContextWindowExceeded(InvalidRequest):
+    openai_code = "context_length_exceeded"
+
+
+class TokenCountMiddleware:
+    def __init__(self, app: ASGIApp, counter: TokenCounter, router: Router) -> None:
+        self.app = app
+        self.counter = counter
+        self.router = router
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ex = exchange_of(scope)
+        if ex is not None and ex.operation == "chat" and ex.body:
+            await self.estimate(ex)
+        await self.app(scope, receive, send)
+
+    async def estimate(self, ex: Exchange) -> None:
+        head = ex.head()
+        try:
+            route = self.router.resolve(head.model)
+        except GatewayError:
+            return  # the endpoint answers unknown models in the caller's protocol
+        target = route.deployments[0].model
+        try:
+            count, exact = await self.counter.count_async(ex.body, ex.dialect.value, target)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return  # not a shape we can count; the endpoint or the upstream will say what is wrong
+        ex.token_estimate = count
+        window = route.context_window or known_window(target)
+        if window is not None and count * (1.0 if exact else 1.0 - ESTIMATE_MARGIN) > window:
+            raise too_long(ex.dialect, count, window)
+
+
+def too_long(dialect: Dialect, count: int, window: int) -> ContextWindowExceeded:
+    """The refusal in the wording the caller's own provider uses (agents key on it to compact)."""
+    if dialect is Dialect.ANTHROPIC_MESSAGES:
+        return ContextWindowExceeded(f"prompt is too long: {count} tokens > {window} maximum")
+    return ContextWindowExceeded(
+        f"This model's maximum context length is {window} tokens. However, your messages resulted in "
+        f"{count} tokens. Please reduce the length of the messages.", param="messages")

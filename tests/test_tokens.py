@@ -1,0 +1,257 @@
+"""Token counting: bundled encodings equal tiktoken's, cookbook-exact OpenAI counts, incremental
+counting of long conversations, estimates for other families, the context-window refusal and the
+count_tokens endpoints."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import msgspec
+import pytest
+import tiktoken
+
+from ccm_gateway import create_app, load_config
+from ccm_gateway.mock import MockUpstream, replies
+from ccm_gateway.tokens import TokenCounter, counting, encoding_for_model, get_encoding
+
+from .conftest import gateway_config
+from .servers import ServerThread
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "tiktoken"
+URLS = {"o200k_base": "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken",
+        "cl100k_base": "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"}
+CORPUS = [
+    "Hello world! I'm here, you're there, they'll come.", "def f(x):\n    return x**2  # square\n\n\n",
+    "日本語のテキストと emoji 🎉🎉 mixed with العربية", "   spaces   and\ttabs\r\n\r\n  ", "<|endoftext|> is literal",
+    "1234567890 3.14159 -42 1e10", "a" * 5000, "https://example.com/path?q=1&r=two#frag",
+]
+# The OpenAI cookbook's examples ("How to count tokens with tiktoken") and the counts the API returned.
+COOKBOOK_MESSAGES = [
+    {"role": "system", "content": "You are a helpful, pattern-following assistant that translates corporate jargon "
+                                  "into plain English."},
+    {"role": "system", "name": "example_user", "content": "New synergies will help drive top-line growth."},
+    {"role": "system", "name": "example_assistant", "content": "Things working well together will increase revenue."},
+    {"role": "system", "name": "example_user", "content": "Let's circle back when we have more bandwidth to touch "
+                                                          "base on opportunities for increased leverage."},
+    {"role": "system", "name": "example_assistant", "content": "Let's talk later when we're less busy about how to "
+                                                               "do better."},
+    {"role": "user", "content": "This late pivot means we don't have time to boil the ocean for the client "
+                                "deliverable."},
+]
+COOKBOOK_TOOLS = [{"type": "function", "function": {
+    "name": "get_current_weather", "description": "Get the current weather in a given location",
+    "parameters": {"type": "object", "properties": {
+        "location": {"type": "string", "description": "The city and state, e.g. San Francisco, CA"},
+        "unit": {"type": "string", "description": "The unit of temperature to return",
+                 "enum": ["celsius", "fahrenheit"]}}, "required": ["location"]}}}]
+COOKBOOK_TOOL_MESSAGES = [
+    {"role": "system", "content": "You are a helpful assistant that can answer to questions about the weather."},
+    {"role": "user", "content": "What's the weather like in San Francisco?"},
+]
+
+
+def body(**fields: object) -> bytes:
+    return msgspec.json.encode(fields)
+
+
+def test_bundled_encodings_equal_tiktokens_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, url in URLS.items():  # tiktoken's documented offline cache, filled from ../shared
+        shutil.copy(SHARED / f"{name}.tiktoken", tmp_path / hashlib.sha1(url.encode()).hexdigest())
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+    for name in URLS:
+        reference = tiktoken.get_encoding(name)
+        ours = get_encoding(name)
+        for text in CORPUS:
+            assert ours.encode(text, disallowed_special=()) == reference.encode(text, disallowed_special=())
+
+
+def test_encodings_load_without_any_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("tried to use the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(counting, "get_encoding", get_encoding)
+    from ccm_gateway.tokens import encodings
+
+    monkeypatch.setattr(encodings, "_loaded", {})
+    assert len(encodings.get_encoding("cl100k_base").encode("hello world")) == 2
+
+
+@pytest.mark.parametrize(("model", "expected"), [("gpt-4o", 124), ("gpt-4o-mini", 124), ("gpt-4-0613", 129),
+                                                 ("gpt-3.5-turbo-0125", 129)])
+def test_cookbook_message_counts(model: str, expected: int) -> None:
+    assert TokenCounter().count(body(model=model, messages=COOKBOOK_MESSAGES), "openai_chat", model) == (expected, True)
+
+
+@pytest.mark.parametrize("model", ["gpt-4o", "gpt-4o-mini"])
+def test_cookbook_tool_counts(model: str) -> None:
+    request = body(model=model, messages=COOKBOOK_TOOL_MESSAGES, tools=COOKBOOK_TOOLS)
+    assert TokenCounter().count(request, "openai_chat", model) == (101, True)
+
+
+def test_model_encoding_table() -> None:
+    assert [encoding_for_model(m) for m in ("gpt-4o-mini", "gpt-4.1", "o3", "gpt-4-0613", "gpt-4", "gpt-3.5-turbo",
+                                            "openai/gpt-4o", "claude-sonnet-4-5")] == [
+        "o200k_base", "o200k_base", "o200k_base", "cl100k_base", "cl100k_base", "cl100k_base", "o200k_base",
+        "o200k_base"]
+
+
+def history(turns: int) -> list[dict[str, str]]:
+    return [{"role": "user" if i % 2 == 0 else "assistant",
+             "content": f"turn {i}: " + "some code and prose about the change we are making " * 40}
+            for i in range(turns)]
+
+
+def test_second_turn_of_a_long_conversation_only_encodes_the_new_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    encoded: list[str] = []
+
+    class Spy:
+        def __init__(self, inner: tiktoken.Encoding) -> None:
+            self.inner = inner
+
+        def encode(self, text: str, **kw: object) -> list[int]:
+            encoded.append(text)
+            return self.inner.encode(text, **kw)
+
+    monkeypatch.setattr(counting, "get_encoding", lambda name: Spy(get_encoding(name)))
+    counter = TokenCounter()
+    turns = history(250)  # ≈100k tokens
+    first, _ = counter.count(body(model="gpt-4o", messages=turns), "openai_chat", "gpt-4o")
+    assert first > 100_000
+    encoded.clear()
+    new = {"role": "user", "content": "one more question about the diff"}
+    second, _ = counter.count(body(model="gpt-4o", messages=[*turns, new]), "openai_chat", "gpt-4o")
+    assert encoded == [new["content"]]
+    assert second == first + 3 + 1 + len(get_encoding("o200k_base").encode(new["content"]))  # per-message + role
+
+
+def test_cache_is_bounded_by_size() -> None:
+    counter = TokenCounter(cache_chars=10_000)
+    for i in range(100):
+        counter.text(f"{i} " + "x" * 500)
+    assert counter._cache.currsize <= 10_000
+
+
+def test_anthropic_estimate_uses_the_family_multiplier_and_skips_old_thinking() -> None:
+    request = {"model": "claude-sonnet-4-5", "max_tokens": 10, "system": [{"type": "text", "text": "Be brief."}],
+               "messages": [
+                   {"role": "user", "content": "hello there, how are you today?"},
+                   {"role": "assistant", "content": [{"type": "thinking", "thinking": "long old thought " * 50,
+                                                      "signature": "s"}, {"type": "text", "text": "Fine."}]},
+                   {"role": "user", "content": "good"}]}
+    plain = TokenCounter(multipliers={"anthropic": 1.0}).count(body(**request), "anthropic_messages", "claude-x")
+    scaled = TokenCounter(multipliers={"anthropic": 2.0}).count(body(**request), "anthropic_messages", "claude-x")
+    assert plain[1] is False and scaled[0] == 2 * plain[0]
+    assert plain[0] < 60  # the earlier turn's thinking (≈150 tokens) is not input
+    with_tools = TokenCounter(multipliers={"anthropic": 1.0}).count(
+        body(**request, tools=[{"name": "Bash", "description": "run", "input_schema": {"type": "object"}}]),
+        "anthropic_messages", "claude-x")
+    assert with_tools[0] > plain[0] + counting.ANTHROPIC_TOOL_PREAMBLE
+
+
+# --- through the gateway --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tokens_gateway(upstream: MockUpstream) -> Iterator[ServerThread]:
+    config = gateway_config(upstream.base_url)
+    config["models"] += [
+        {"name": "tiny-gpt", "targets": [{"provider": "oai", "model": "gpt-4o"}], "context_window": 40},
+        {"name": "tiny-claude", "targets": [{"provider": "ant", "model": "claude-sonnet-4-5"}], "context_window": 40},
+    ]
+    with ServerThread(create_app(load_config(config, env={}, dotenv=False))) as server:
+        yield server
+
+
+ANTHROPIC = {"anthropic-version": "2023-06-01"}
+
+
+def test_prompt_over_the_window_is_refused_in_the_callers_wording(tokens_gateway: ServerThread) -> None:
+    long = [{"role": "user", "content": "word " * 200}]
+    r = httpx.post(tokens_gateway.base_url + "/v1/chat/completions", json={"model": "tiny-gpt", "messages": long})
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert error["code"] == "context_length_exceeded"
+    assert error["message"].startswith("This model's maximum context length is 40 tokens. However, your messages "
+                                       "resulted in 2")
+    r = httpx.post(tokens_gateway.base_url + "/v1/messages", headers=ANTHROPIC,
+                   json={"model": "tiny-claude", "max_tokens": 5, "messages": long})
+    assert r.status_code == 400
+    assert r.json()["error"]["message"].endswith("tokens > 40 maximum")
+    assert r.json()["error"]["message"].startswith("prompt is too long: ")
+
+
+def test_an_estimate_within_its_margin_is_not_refused(tokens_gateway: ServerThread) -> None:
+    # ≈ 42 estimated tokens for a 40-token window: the estimator may be 15% high, so it goes upstream.
+    short = [{"role": "user", "content": "word " * 30}]
+    r = httpx.post(tokens_gateway.base_url + "/v1/messages", headers=ANTHROPIC,
+                   json={"model": "tiny-claude", "max_tokens": 5, "messages": short})
+    assert r.status_code == 200, r.text
+
+
+CLAUDE_CODE_COUNT = {
+    "system": [{"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}}],
+    "messages": [{"role": "user", "content": [{"type": "text", "text": "how many tokens is this?"}]}],
+    "tools": [{"name": "Bash", "description": "Run a shell command", "input_schema": {
+        "type": "object", "properties": {"command": {"type": "string"}}}}],
+}
+
+
+def test_count_tokens_for_an_anthropic_route_asks_anthropic(tokens_gateway: ServerThread,
+                                                            upstream: MockUpstream) -> None:
+    r = httpx.post(tokens_gateway.base_url + "/v1/messages/count_tokens?beta=true", headers=ANTHROPIC,
+                   json={"model": "claude-sonnet", **CLAUDE_CODE_COUNT})
+    assert r.status_code == 200 and r.headers["x-ccm-token-count"] == "upstream"
+    assert r.json() == {"input_tokens": replies.count_tokens("how many tokens is this?")}
+    sent = next(q for q in reversed(upstream.requests) if q.path == "/v1/messages/count_tokens")
+    assert sent.json()["model"] == "claude-sonnet-4-5" and sent.query == ""
+
+
+def test_count_tokens_falls_back_to_the_estimate_when_anthropic_is_overloaded(tokens_gateway: ServerThread) -> None:
+    r = httpx.post(tokens_gateway.base_url + "/v1/messages/count_tokens", headers=ANTHROPIC,
+                   json={"model": "claude-sonnet+status=529", **CLAUDE_CODE_COUNT})
+    assert r.status_code == 200 and r.headers["x-ccm-token-count"] == "estimate"
+    assert r.json()["input_tokens"] > counting.ANTHROPIC_TOOL_PREAMBLE
+
+
+def test_count_tokens_for_other_upstreams_is_local(tokens_gateway: ServerThread) -> None:
+    r = httpx.post(tokens_gateway.base_url + "/v1/messages/count_tokens?beta=true", headers=ANTHROPIC,
+                   json={"model": "local-llama", **CLAUDE_CODE_COUNT})
+    assert r.status_code == 200 and r.headers["x-ccm-token-count"] == "estimate"
+    expected, _ = TokenCounter().count(body(model="x", **CLAUDE_CODE_COUNT), "anthropic_messages", "llama3.1:8b")
+    assert r.json() == {"input_tokens": expected}
+
+
+def test_openai_count_endpoint_is_exact_for_openai_models(tokens_gateway: ServerThread) -> None:
+    r = httpx.post(tokens_gateway.base_url + "/v1/chat/completions/count_tokens",
+                   json={"model": "tiny-gpt", "messages": COOKBOOK_TOOL_MESSAGES, "tools": COOKBOOK_TOOLS})
+    assert r.status_code == 200 and r.headers["x-ccm-token-count"] == "exact"
+    assert r.json()["input_tokens"] == 101
+
+
+def test_count_tokens_errors_keep_the_callers_shape(tokens_gateway: ServerThread) -> None:
+    r = httpx.post(tokens_gateway.base_url + "/v1/messages/count_tokens", headers=ANTHROPIC,
+                   json={"model": "nope", "messages": []})
+    assert r.status_code == 404 and r.json()["type"] == "error"
+    r = httpx.post(tokens_gateway.base_url + "/v1/messages/count_tokens", headers=ANTHROPIC, json={"messages": []})
+    assert r.status_code == 400 and r.json()["error"]["message"] == "model: field required"
+
+
+def test_role_shortcut_matches_the_encodings() -> None:
+    for name in ("o200k_base", "cl100k_base"):
+        for role, tokens in counting._ROLE_TOKENS.items():
+            assert len(get_encoding(name).encode(role)) == tokens
+
+
+def test_every_chat_request_carries_its_estimate(gateway: ServerThread) -> None:
+    from .conftest import exchange_for
+
+    r = httpx.post(gateway.base_url + "/v1/chat/completions", timeout=10,
+                   json={"model": "gpt-4.1", "messages": COOKBOOK_TOOL_MESSAGES, "tools": COOKBOOK_TOOLS})
+    assert r.status_code == 200
+    assert exchange_for(r.headers["x-request-id"]).token_estimate == 101  # gpt-4.1 is o200k, like gpt-4o
