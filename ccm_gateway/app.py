@@ -7,11 +7,12 @@ host app can close them from its own lifespan with ``gateway_lifespan(app)`` (se
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,19 +23,29 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .billing.meter import Meter
+from .billing.pricing import Price
 from .config import DEFAULT_CONFIG_PATH, Config, load_config
+from .count_tokens import CountTokensEndpoint
 from .dialects import Dialect
+from .embeddings import EmbeddingsEndpoint
 from .errors import MethodNotAllowed, NotFound
 from .exchange import exchange_of
-from .middleware import ExchangeMiddleware, RequestIdMiddleware
+from .middleware import AuthMiddleware, ExchangeMiddleware, RateLimitMiddleware, RequestIdMiddleware
+from .middleware.auth import key_table
+from .middleware.billing import BillingMiddleware
+from .middleware.tokens import TokenCountMiddleware
 from .providers.mock import MockProvider
 from .providers.upstream import Upstream
 from .proxy import ChatEndpoint
 from .routing import Router
+from .state import backend_from_config
+from .tokens import TokenCounter, get_encoding
+from .usage_api import UsageEndpoint
 
 log = logging.getLogger("ccm_gateway")
 _encode = msgspec.json.encode
-_API_PATHS = {"/v1/chat/completions": "POST", "/v1/messages": "POST", "/v1/models": "GET"}
+_API_PATHS = {"/v1/chat/completions": "POST", "/v1/messages": "POST", "/v1/models": "GET", "/v1/embeddings": "POST"}
 
 
 class Gateway:
@@ -46,12 +57,20 @@ class Gateway:
             name: (MockProvider if p.kind == "mock" else Upstream)(name, p) for name, p in config.providers.items()
         }
         self.router = Router(config, self.upstreams)
+        self.state = backend_from_config(config.state)  # rate-limit counters: memory or Redis
+        self.counter = TokenCounter(multipliers={**TokenCounter().multipliers, **config.tokens.multipliers},
+                                    cache_chars=config.tokens.cache_chars, cache_ttl=config.tokens.cache_ttl)
+        self.meter = Meter(config)  # billing: prices, budgets, the usage ledger
+        self.meter.route_price = _route_price(self.router, self.meter)
         self.started = False
         self.created = int(time.time())
 
     async def start(self) -> None:
         for upstream in self.upstreams.values():
             await upstream.start()
+        if self.config.tokens.count_prompts:  # load the encoding now, not during the first request
+            await asyncio.to_thread(get_encoding, "o200k_base")
+        await self.meter.start()  # the usage ledger: recovery of a killed process's open requests, budgets
         self.started = True
         for upstream in self.upstreams.values():
             if not upstream.available:
@@ -61,6 +80,8 @@ class Gateway:
         self.started = False
         for upstream in self.upstreams.values():
             await upstream.close()
+        await self.state.close()
+        await self.meter.close()  # writes every queued ledger record
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
@@ -85,9 +106,13 @@ def create_app(
         config = load_config(DEFAULT_CONFIG_PATH if config is None else config)
     gateway = Gateway(config)
     chat = ChatEndpoint(gateway.router)
+    counting = CountTokensEndpoint(gateway.router, gateway.counter)
     routes = [
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/v1/messages", chat, methods=["POST"]),
+        Route("/v1/messages/count_tokens", counting, methods=["POST"]),
+        Route("/v1/chat/completions/count_tokens", counting, methods=["POST"]),
+        Route("/v1/embeddings", EmbeddingsEndpoint(gateway.router), methods=["POST"]),
         Route("/v1/models", _models(gateway), methods=["GET"]),
         Route("/health", _health, methods=["GET"]),
         Route("/ready", _ready(gateway), methods=["GET"]),
@@ -96,11 +121,52 @@ def create_app(
     middleware = [
         Middleware(ExchangeMiddleware, max_body_bytes=config.server.max_body_bytes),
         Middleware(RequestIdMiddleware),
+        *_admin_stages(config, gateway),
+        *_guard_stages(config, gateway),
+        *([Middleware(BillingMiddleware, meter=gateway.meter)] if config.billing.enabled else []),
         *middleware,
     ]
     app = Starlette(routes=routes, middleware=middleware, lifespan=gateway.lifespan)
     app.state.gateway = gateway
     return app
+
+
+def _guard_stages(config: Config, gateway: Gateway) -> list[Middleware]:
+    """Auth (on when ``[auth] enabled``, or when unset and ``[[keys]]`` exist) and rate limits (when
+    any limit is configured)."""
+    stages: list[Middleware] = []
+    auth = config.auth.enabled if config.auth.enabled is not None else bool(config.keys)
+    if auth:
+        stages.append(Middleware(AuthMiddleware, keys=key_table(config.keys)))  # hashed now, plain keys dropped
+    else:
+        log.warning("auth is off: anyone who can reach this gateway's port can use every configured provider%s",
+                    " ([[keys]] are configured but auth.enabled = false)" if config.keys else "")
+    if config.tokens.count_prompts:  # before rate limits: TPM reserves the estimate
+        stages.append(Middleware(TokenCountMiddleware, counter=gateway.counter, router=gateway.router))
+    lim = config.limits
+    keyed = auth and any(k.rpm or k.tpm or k.concurrency for k in config.keys)
+    if keyed or any((lim.rpm, lim.tpm, lim.concurrency, lim.ip_rpm, lim.ip_tpm, lim.ip_concurrency)):
+        ttl = max((p.timeout.deadline for p in config.providers.values()), default=600.0) + 5.0
+        stages.append(Middleware(RateLimitMiddleware, limits=lim, backend=gateway.state, ttl=ttl))
+    return stages
+
+
+def _admin_stages(config: Config, gateway: Gateway) -> list[Middleware]:
+    """``GET /v1/usage`` answers before auth (the admin key is not a gateway key); without an admin key
+    it is not served at all."""
+    if not config.admin.key:
+        return []
+    return [Middleware(UsageEndpoint, meter=gateway.meter, admin_key=config.admin.key.reveal())]
+
+
+def _route_price(router: Router, meter: Meter) -> Callable[[str], Price | None]:
+    """The price a reservation assumes for a model name: its route's dearest deployment."""
+    def price(name: str) -> Price | None:
+        deployments = router.resolve(name).deployments
+        prices = [p for d in deployments if (p := meter.prices.for_deployment(d.label)) is not None]
+        return max(prices, key=lambda p: p.base.output + p.base.input, default=None)
+
+    return price
 
 
 def gateway_lifespan(app: Starlette) -> contextlib.AbstractAsyncContextManager[None]:
@@ -134,6 +200,9 @@ def _models(gateway: Gateway):
     async def models(request: Request) -> Response:
         ex = exchange_of(request.scope)
         listed = gateway.router.listed()
+        principal = ex.principal if ex is not None else None
+        if principal is not None:  # a key sees only the models it may use
+            listed = [(name, owner) for name, owner in listed if principal.allows(name)]
         if ex is not None and ex.dialect is Dialect.ANTHROPIC_MESSAGES:
             stamp = datetime.fromtimestamp(gateway.created, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             data = [{"type": "model", "id": name, "display_name": name, "created_at": stamp}

@@ -1,4 +1,4 @@
-"""``ccm-gateway serve | check-config``."""
+"""``ccm-gateway serve | check-config | usage export``."""
 
 from __future__ import annotations
 
@@ -23,10 +23,46 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--workers", type=int)
     check = sub.add_parser("check-config", help="validate a config and print it with secrets redacted")
     check.add_argument("config", type=Path, nargs="?", default=DEFAULT_CONFIG_PATH)
+    usage = sub.add_parser("usage", help="read the usage ledger").add_subparsers(dest="action", required=True)
+    export = usage.add_parser("export", help="write ledger records as CSV or JSON lines to stdout")
+    export.add_argument("--format", choices=["csv", "jsonl"], default="csv")
+    export.add_argument("--since", help="date, ISO 8601 time or Unix seconds (default: everything)")
+    export.add_argument("--until", help="date, ISO 8601 time or Unix seconds (default: now)")
+    export.add_argument("--db", type=Path, help="the ledger file (default: [ledger] path of --config)")
+    export.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH)
+    export.add_argument("--all", action="store_true", help="include reserve records, not only finals")
     args = parser.parse_args(argv)
     if args.command == "check-config":
         return check_config(args.config)
+    if args.command == "usage":
+        return usage_export(args)
     return serve_forever(args)
+
+
+def usage_export(args: argparse.Namespace) -> int:
+    from .billing.export import export
+    from .errors import InvalidRequest
+    from .usage_api import parse_time
+
+    db = args.db
+    if db is None:
+        try:
+            db = load_config(args.config).ledger.path
+        except ConfigError as exc:
+            print(f"{args.config}: invalid configuration\n  " + "\n  ".join(exc.errors), file=sys.stderr)
+            return 2
+        if not db:
+            print("no ledger: give --db PATH or a config with [ledger] path", file=sys.stderr)
+            return 2
+    try:
+        since = parse_time(args.since, "since") if args.since else 0.0
+        until = parse_time(args.until, "until") if args.until else None
+        kinds = ("reserve", "final") if args.all else ("final",)
+        export(Path(db), args.format, since, until, kinds)
+    except (InvalidRequest, FileNotFoundError) as exc:
+        print(f"usage export: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def check_config(path: Path) -> int:

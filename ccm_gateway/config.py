@@ -9,6 +9,7 @@ otherwise as strings). Every error names the field's path and what was expected.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -61,6 +62,7 @@ class Timeouts(_Section):
     first_byte: Positive = 120.0
     idle: Positive = 120.0
     deadline: Positive = 600.0
+    keepalive: Positive = 15.0  # upstream silence before a translated stream sends the client a keep-alive
 
 
 class Connections(_Section):
@@ -83,6 +85,7 @@ class ProviderConfig(_Section):
     connections: Connections = field(default_factory=Connections)
     headers: dict[str, str] = field(default_factory=dict)  # fixed extra upstream headers
     stream_options: bool | None = None  # None: the kind's default
+    api_version: str | None = None  # Azure's ``api-version`` query value; None: the kind's default
 
 
 class Target(_Section):
@@ -100,7 +103,10 @@ class ModelRoute(_Section):
 
 
 class KeyConfig(_Section):
-    """A gateway key that clients present (enforced by the auth stage, a later issue)."""
+    """A gateway key that clients present (checked by the auth stage; limits by the rate-limit stage).
+
+    ``models`` are route names or ``fnmatch`` patterns (``"gpt-*"``, ``"openai/*"``); ``rpm``/``tpm``/
+    ``concurrency`` left unset take the ``[limits]`` defaults."""
 
     name: str
     key: Secret | None = None
@@ -109,8 +115,53 @@ class KeyConfig(_Section):
     models: list[str] = field(default_factory=lambda: ["*"])
     rpm: PositiveInt | None = None
     tpm: PositiveInt | None = None
+    concurrency: PositiveInt | None = None
     budget_usd: Annotated[float, Meta(ge=0)] | None = None
     budget_period: str | None = None
+
+
+class AuthConfig(_Section):
+    """``enabled`` unset: on when ``[[keys]]`` are configured, off otherwise (``make run``)."""
+
+    enabled: bool | None = None
+
+
+class LimitsConfig(_Section):
+    """Rate-limit defaults. Per key: ``rpm``/``tpm``/``concurrency`` for keys that set none; per client
+    IP: ``ip_*``. ``burst`` is the share of a minute's limit that may arrive at once (1.0: a whole
+    minute's worth, as OpenAI does). ``max_tokens_cap`` bounds the output tokens reserved up front.
+    ``trusted_proxies``: CIDRs whose ``X-Forwarded-For`` is believed."""
+
+    rpm: PositiveInt | None = None
+    tpm: PositiveInt | None = None
+    concurrency: PositiveInt | None = None
+    ip_rpm: PositiveInt | None = None
+    ip_tpm: PositiveInt | None = None
+    ip_concurrency: PositiveInt | None = None
+    burst: Annotated[float, Meta(gt=0, le=1)] = 1.0
+    max_tokens_cap: PositiveInt = 4096
+    trusted_proxies: list[str] = field(default_factory=list)
+
+
+class StateConfig(_Section):
+    """Where counters live. ``redis``: shared by every instance; while Redis errors or takes longer
+    than ``timeout_ms``, each instance enforces limit ÷ ``instances`` locally and retries Redis
+    every ``recheck_ms``."""
+
+    backend: Literal["memory", "redis"] = "memory"
+    url: Secret | None = None  # redis://[:password@]host:port/db — may be an env:/file: reference
+    timeout_ms: PositiveInt = 50
+    instances: PositiveInt = 1
+    recheck_ms: PositiveInt = 1000
+
+
+class TokensConfig(_Section):
+    """Prompt token counting (the token-count stage and the count_tokens endpoints)."""
+
+    count_prompts: bool = True  # estimate every chat prompt (rate limits, budgets, context-window check)
+    multipliers: dict[str, Annotated[float, Meta(gt=0)]] = field(default_factory=dict)  # family → × tiktoken
+    cache_chars: PositiveInt = 64 * 1024 * 1024  # text kept in the per-text count cache
+    cache_ttl: Positive = 3600.0
 
 
 class RoutingConfig(_Section):
@@ -122,13 +173,60 @@ class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class TeamBudget(_Section):
+    budget_usd: Annotated[float, Meta(ge=0)]
+    budget_period: str | None = None  # None: billing.budget_period
+
+
+class BillingConfig(_Section):
+    """The billing meter. ``reserve_output_tokens``: the output a budget reservation assumes when the
+    request sets no ``max_tokens``; ``budget_period``: the default for keys and teams that set a budget
+    without one; ``teams``: budgets shared by every key naming the team."""
+
+    enabled: bool = True
+    reserve_output_tokens: PositiveInt = 4096
+    budget_period: str = "30d"
+    allow_unpriced: bool = False  # may keys with a budget call models without a price (never charged)?
+    teams: dict[str, TeamBudget] = field(default_factory=dict)
+
+
+class LedgerConfig(_Section):
+    """The usage ledger. ``path``: the SQLite file (relative to the working directory); unset or ""
+    turns the ledger off. Finals are written every ``flush_ms`` or ``batch_size`` records."""
+
+    path: str | None = None
+    flush_ms: Positive = 50.0
+    batch_size: PositiveInt = 512
+    durable_reserve: bool = True  # the request waits for its reserve record's commit (see billing/ledger.py)
+
+
+class PricingConfig(_Section):
+    """Rows that replace or extend ``data/prices.toml`` (same fields; ``same_as`` borrows a row)."""
+
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class AdminConfig(_Section):
+    """``key``: the bearer key for operator endpoints (``GET /v1/usage``); unset: they answer 404."""
+
+    key: Secret | None = None
+
+
 class Config(_Section):
     server: ServerConfig = field(default_factory=ServerConfig)
     keys: list[KeyConfig] = field(default_factory=list)
     providers: dict[str, ProviderConfig] = field(default_factory=dict)
     models: list[ModelRoute] = field(default_factory=list)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
+    tokens: TokensConfig = field(default_factory=TokensConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    state: StateConfig = field(default_factory=StateConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    billing: BillingConfig = field(default_factory=BillingConfig)
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    pricing: PricingConfig = field(default_factory=PricingConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
 
     def redacted(self) -> dict[str, Any]:
         """A plain-data view for printing: secrets appear as their source (``env:NAME``) only."""
@@ -296,6 +394,7 @@ def _format(exc: Exception, prefix: str, raw: Any) -> str:
 
 
 _MISSING = object()
+_KEY_FORMAT = re.compile(r"[\x21-\x7e]{8,256}")  # the auth stage checks presented keys the same way
 
 
 def _lookup(raw: Any, parts: list[str]) -> Any:
@@ -337,6 +436,8 @@ def _check(config: Config) -> None:
             continue
         if kind.base_url is None and p.base_url is None and kind.name != "mock":
             errors.append(f"{at}.base_url: required for kind \"{p.kind}\"")
+        if p.api_version is not None and kind.api_version is None:
+            errors.append(f"{at}.api_version: only kinds with an api-version (azure) take one")
         if p.base_url is not None and not p.base_url.startswith(("http://", "https://")):
             errors.append(f"{at}.base_url: expected an http:// or https:// URL, got {_describe(p.base_url)}")
         p.api_keys = [k for k in p.api_keys if k.key]  # absent optional references drop out
@@ -361,5 +462,41 @@ def _check(config: Config) -> None:
             errors.append(f"keys[{i}]: give key or key_sha256 (an optional key reference that is unset counts as none)")
         if key.key_sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", key.key_sha256):
             errors.append(f"keys[{i}].key_sha256: expected 64 lower-case hex digits")
+        if key.key and not _KEY_FORMAT.fullmatch(key.key.reveal()):
+            errors.append(f"keys[{i}].key: expected 8 to 256 printable ASCII characters without spaces")
+    names = [k.name for k in config.keys]
+    for i, key in enumerate(config.keys):
+        if names.count(key.name) > 1:
+            errors.append(f"keys[{i}].name: duplicate key name \"{key.name}\"")
+    if config.auth.enabled and not config.keys:
+        errors.append("auth.enabled: auth is on but no [[keys]] are configured; every request would get 401")
+    for i, cidr in enumerate(config.limits.trusted_proxies):
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            errors.append(f"limits.trusted_proxies[{i}]: expected an IP network like 10.0.0.0/8, got {_describe(cidr)}")
+    errors.extend(_billing_problems(config))
+    if config.state.backend == "redis" and not config.state.url:
+        errors.append('state.url: required when state.backend = "redis" (e.g. "redis://127.0.0.1:6379/0")')
     if errors:
         raise ConfigError(errors)
+
+
+def _billing_problems(config: Config) -> list[str]:
+    """Budget periods and price rows, checked at load so a typo never reaches a bill."""
+    from .billing.budgets import check_period
+    from .billing.pricing import PriceError, PriceTable
+
+    errors: list[str] = []
+    periods = [("billing.budget_period", config.billing.budget_period)]
+    periods += [(f"keys[{i}].budget_period", k.budget_period) for i, k in enumerate(config.keys)]
+    periods += [(f"billing.teams.{n}.budget_period", t.budget_period) for n, t in config.billing.teams.items()]
+    for at, period in periods:
+        problem = check_period(period) if period is not None else None
+        if problem:
+            errors.append(f"{at}: {problem}")
+    try:
+        PriceTable(config.pricing.models)
+    except PriceError as exc:
+        errors.append(str(exc))
+    return errors

@@ -86,6 +86,22 @@ class RateLimited(GatewayError):
     openai_code = "rate_limit_exceeded"
 
 
+class BudgetExceeded(GatewayError):
+    """A key's or team's budget cannot cover the request: each protocol's own "out of credit"
+    answer (Anthropic 402 ``billing_error``, OpenAI 429 ``insufficient_quota``), never retried."""
+
+    status = 402
+    anthropic_type = "billing_error"
+    openai_type = "insufficient_quota"
+    openai_code = "insufficient_quota"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, headers={**(headers or {}), "x-should-retry": "false"})
+
+    def status_for(self, dialect: Dialect) -> int:
+        return 402 if dialect is Dialect.ANTHROPIC_MESSAGES else 429
+
+
 class UpstreamError(GatewayError):
     """The upstream answered with an error the gateway could not pass through as it was."""
 

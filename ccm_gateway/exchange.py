@@ -7,7 +7,7 @@ own fields. Requests outside the API (health, readiness) carry no Exchange, and 
 from __future__ import annotations
 
 import time
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from .dialects import Dialect
@@ -15,11 +15,16 @@ from .dialects import Dialect
 STATE_KEY = "ccm"
 
 
+USAGE_FIELDS = ("input", "cache_read", "cache_write", "output", "reasoning")
+
+
 class Usage:
     """Token counts normalised across dialects. ``input`` excludes cache reads and writes;
-    ``output`` includes ``reasoning``. ``reported`` is True when the provider gave the numbers."""
+    ``output`` includes ``reasoning``. ``reported`` is True when the provider gave the numbers;
+    ``estimated`` names the fields the gateway counted itself instead (the billing stage fills it
+    when a stream ended without usage), so every number carries its provenance."""
 
-    __slots__ = ("cache_read", "cache_write", "input", "output", "reasoning", "reported")
+    __slots__ = ("cache_read", "cache_write", "estimated", "input", "output", "reasoning", "reported")
 
     def __init__(self) -> None:
         self.input = 0
@@ -28,13 +33,19 @@ class Usage:
         self.output = 0
         self.reasoning = 0
         self.reported = False
+        self.estimated: tuple[str, ...] = ()
 
     @property
     def prompt_total(self) -> int:
         return self.input + self.cache_read + self.cache_write
 
+    def provenance(self) -> dict[str, str]:
+        """``{field: "reported" | "estimated"}`` for the five counts."""
+        return {name: "reported" if self.reported and name not in self.estimated else "estimated"
+                for name in USAGE_FIELDS}
+
     def as_dict(self) -> dict[str, int | bool]:
-        return {name: getattr(self, name) for name in self.__slots__}
+        return {name: getattr(self, name) for name in (*USAGE_FIELDS, "reported")}
 
     def __repr__(self) -> str:
         return f"Usage({self.as_dict()})"
@@ -53,6 +64,7 @@ class Exchange:
         "dialect",
         "first_byte_at",
         "model",
+        "operation",
         "principal",
         "request_id",
         "route",
@@ -65,6 +77,7 @@ class Exchange:
 
     def __init__(self, dialect: Dialect) -> None:
         self.dialect = dialect
+        self.operation = "chat"  # "embeddings", "count_tokens", "other": which request shape head() parses
         self.request_id = ""
         self.body = b""
         self.model: str | None = None  # as the client asked
@@ -87,11 +100,31 @@ class Exchange:
         once on first use by whichever stage needs it first; raises InvalidRequest (400) when the
         body is not a valid request of the caller's dialect."""
         if self._head is None:
-            from .dialects.registry import WIRE  # late: the dialects import this module
-
-            self._head = WIRE[self.dialect].parse_head(self.body)
+            parsers = _parsers()
+            self._head = (parsers.get(self.operation) or parsers[self.dialect])(self.body)
             self.model, self.stream = self._head.model, self._head.stream
         return self._head
+
+
+_PARSERS: dict[object, Callable[[bytes], Any]] = {}
+
+
+def _parsers() -> dict[object, Callable[[bytes], Any]]:
+    """Operation or dialect → request-head parser, built on first use (the dialects import this
+    module, so they cannot be imported at the top)."""
+    if not _PARSERS:
+        from .dialects import head, openai_embeddings
+        from .dialects.registry import WIRE
+
+        def count_tokens_head(body: bytes) -> Any:  # a chat request without the sampling fields
+            fields = head.read_fields(body)
+            model = head.string(fields, "model")
+            head.array(fields, "messages")
+            return head.RequestHead(fields, model, False)
+
+        _PARSERS.update({dialect: module.parse_head for dialect, module in WIRE.items()})
+        _PARSERS.update({"embeddings": openai_embeddings.parse_head, "count_tokens": count_tokens_head})
+    return _PARSERS
 
 
 def exchange_of(scope: MutableMapping[str, Any]) -> Exchange | None:

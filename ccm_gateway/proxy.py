@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 import aiohttp
@@ -51,27 +51,23 @@ class ChatEndpoint:
         deployment = route.pick(ex.dialect)
         ex.route, ex.deployment = route.name, deployment.label
         upstream = deployment.upstream
-        headers = upstream_headers(scope, ex, upstream)
-        headers.update(upstream.auth_headers(upstream.pick_key()))
-        body = head.body_for(deployment.model, ex.body)
-        task = asyncio.current_task()
-        assert task is not None
-        watcher = asyncio.create_task(watch_disconnect(receive, ex, task))
-        try:
-            await self._exchange(send, ex, upstream, body, headers)
-        except asyncio.CancelledError:
-            if not ex.client_disconnected:
-                raise
-            task.uncancel()  # we cancelled ourselves because the client left: a normal end
-        finally:
-            watcher.cancel()
+        if upstream.speaks(ex.dialect):  # same dialect: pass-through
+            headers = upstream_headers(scope, ex, upstream)
+            headers.update(upstream.auth_headers(upstream.pick_key()))
+            body = head.body_for(deployment.model, ex.body)
+            run = self._exchange(send, ex, upstream, body, headers, deployment.model)
+        else:  # another dialect: through the canonical model (translate.py; imported late, it imports us)
+            from .translate import Translated
+
+            run = Translated(ex, deployment, route.max_output_tokens).run(send)
+        await until_disconnect(run, receive, ex)
 
     async def _exchange(
-        self, send: Send, ex: Exchange, upstream: Upstream, body: bytes, headers: dict[str, str]
+        self, send: Send, ex: Exchange, upstream: Upstream, body: bytes, headers: dict[str, str], model: str
     ) -> None:
         deadline = asyncio.get_running_loop().time() + upstream.timeout.deadline
         ex.attempts += 1
-        resp = await upstream.send(ex.dialect, body, headers, ex.stream, deadline)
+        resp = await upstream.send(ex.dialect, body, headers, ex.stream, deadline, model=model)
         ex.upstream_status = resp.status
         try:
             if resp.status >= 400:
@@ -80,6 +76,37 @@ class ChatEndpoint:
                 await Pipe(ex, upstream, resp, send).run(deadline)
         finally:
             resp.close()
+
+
+WATCH_AFTER = 0.05  # seconds before a request gets its disconnect watcher
+
+
+async def until_disconnect(run: Awaitable[None], receive: Receive, ex: Exchange) -> None:
+    """Await ``run``, cancelling it the moment the client hangs up (a normal end, not an error).
+
+    The watcher task starts only after WATCH_AFTER: most JSON answers are done by then, and a task
+    per request was the costliest part of watching (measured; docs/performance.md). A hang-up in the
+    first 50 ms is noticed when the watcher starts, or by the next write."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    watcher: asyncio.Task[None] | None = None
+
+    def start_watching() -> None:
+        nonlocal watcher
+        watcher = loop.create_task(watch_disconnect(receive, ex, task))
+
+    timer = loop.call_later(WATCH_AFTER, start_watching)
+    try:
+        await run
+    except asyncio.CancelledError:
+        if not ex.client_disconnected:
+            raise
+        task.uncancel()  # we cancelled ourselves because the client left: a normal end
+    finally:
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()
 
 
 async def watch_disconnect(receive: Receive, ex: Exchange, task: asyncio.Task[Any]) -> None:

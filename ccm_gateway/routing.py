@@ -32,13 +32,19 @@ class Deployment:
         return f"{self.upstream.name}/{self.model}"
 
 
-class Route:
-    __slots__ = ("_cum", "deployments", "fallbacks", "name")
+ADHOC_ROUTES = 4096  # direct/detected routes kept; the cache starts over when full
 
-    def __init__(self, name: str, deployments: list[Deployment], fallbacks: list[str] | None = None) -> None:
+
+class Route:
+    __slots__ = ("_cum", "context_window", "deployments", "fallbacks", "max_output_tokens", "name")
+
+    def __init__(self, name: str, deployments: list[Deployment], fallbacks: list[str] | None = None,
+                 max_output_tokens: int | None = None, context_window: int | None = None) -> None:
         self.name = name
+        self.context_window = context_window  # from the config; else the token stage's known table
         self.deployments = deployments
         self.fallbacks = fallbacks or []
+        self.max_output_tokens = max_output_tokens  # clamp for translated requests (P17)
         self._cum = list(itertools.accumulate(d.weight for d in deployments))
 
     @property
@@ -46,13 +52,14 @@ class Route:
         return any(d.upstream.available for d in self.deployments)
 
     def pick(self, dialect: Dialect) -> Deployment:
-        """A deployment chosen by weight among those that can serve this request now."""
+        """A deployment chosen by weight among those that can serve this request now: in the caller's
+        dialect (pass-through) or in one the gateway translates to."""
         if len(self.deployments) == 1:
             choice = self.deployments[0]
         else:
             choice = self.deployments[bisect.bisect_right(self._cum, random.random() * self._cum[-1])]
-        if not (choice.upstream.available and choice.upstream.speaks(dialect)):
-            usable = [d for d in self.deployments if d.upstream.available and d.upstream.speaks(dialect)]
+        if not (choice.upstream.available and _serves(choice.upstream, dialect)):
+            usable = [d for d in self.deployments if d.upstream.available and _serves(d.upstream, dialect)]
             if not usable:
                 raise self._unusable(dialect)
             choice = random.choices(usable, weights=[d.weight for d in usable])[0]
@@ -65,10 +72,18 @@ class Route:
                 f"model '{self.name}' is not available: provider {names} has no API key configured"
             )
         return InvalidRequest(
-            f"model '{self.name}' is served by a provider that does not speak the {dialect.value} "
-            "protocol, and cross-protocol translation is not available in this version",
+            f"model '{self.name}' is served by a provider whose protocol the gateway cannot translate "
+            f"{dialect.value} requests to",
             param="model",
         )
+
+
+# Upstream dialects the translated path (translate.py) has codecs for.
+TRANSLATABLE = frozenset({Dialect.OPENAI_CHAT, Dialect.ANTHROPIC_MESSAGES, Dialect.GEMINI})
+
+
+def _serves(upstream: Upstream, dialect: Dialect) -> bool:
+    return upstream.speaks(dialect) or not TRANSLATABLE.isdisjoint(upstream.kind.dialects)
 
 
 class Router:
@@ -76,19 +91,30 @@ class Router:
         self.upstreams = upstreams
         self.allow_direct = config.routing.allow_direct
         self.detect = config.routing.detect_provider
+        self._adhoc: dict[str, Route] = {}  # direct and detected names already resolved
         self.routes: dict[str, Route] = {
             m.name: Route(
                 m.name,
                 [Deployment(upstreams[t.provider], t.model, t.weight) for t in m.targets],
                 list(m.fallbacks),
+                m.max_output_tokens,
+                m.context_window,
             )
             for m in config.models
         }
 
     def resolve(self, name: str) -> Route:
-        route = self.routes.get(name)
+        route = self.routes.get(name) or self._adhoc.get(name)
         if route is not None:
             return route
+        route = self._adhoc_route(name)
+        if len(self._adhoc) >= ADHOC_ROUTES:  # bounded: clients choose these names
+            self._adhoc.clear()
+        self._adhoc[name] = route
+        return route
+
+    def _adhoc_route(self, name: str) -> Route:
+        """A one-deployment route for ``provider/model`` or a detected name (cached by resolve)."""
         if self.allow_direct and "/" in name:
             provider, _, model = name.partition("/")
             upstream = self.upstreams.get(provider)

@@ -17,7 +17,9 @@ from .servers import ServerThread
 # Upstream credentials are canaries: no test output, log, header or body may ever contain them.
 OPENAI_KEY = "sk-canary-openai-7f3a9c1e5b2d4f60"
 ANTHROPIC_KEY = "sk-ant-canary-2b8e6d4c0a1f3e57"
-CANARIES = (OPENAI_KEY, ANTHROPIC_KEY)
+AZURE_KEY = "azure-canary-5c1d9e7a3b2f40681d"
+GEMINI_KEY = "AIza-canary-8e2b4d6f0a1c3e59b7"
+CANARIES = (OPENAI_KEY, ANTHROPIC_KEY, AZURE_KEY, GEMINI_KEY)
 # Short upstream timeouts so timeout tests stay quick: 1 s to a stream's head, 1 s between chunks,
 # 4 s for a whole JSON answer.
 TIMEOUTS = {"connect": 2.0, "first_byte": 1.0, "idle": 1.0, "deadline": 4.0}
@@ -70,6 +72,12 @@ def gateway_config(upstream_url: str, **server: Any) -> dict[str, Any]:
             "down-ant": {"kind": "anthropic", "base_url": f"http://127.0.0.1:{CLOSED_PORT}", "api_keys": ["k" * 12]},
             "nokey": {"kind": "openai", "api_keys": ["env:CCM_TEST_NEVER_SET?"]},
             "mock": {"kind": "mock"},
+            # Translated streams: keep-alives after 0.2 s of upstream silence (idle stays 1 s).
+            "oai-ka": {"kind": "openai", "base_url": upstream_url + "/v1", "api_keys": [OPENAI_KEY],
+                       "timeout": {**TIMEOUTS, "keepalive": 0.2}},
+            "azure": {"kind": "azure", "base_url": upstream_url, "api_keys": [AZURE_KEY], "timeout": TIMEOUTS},
+            "gem": {"kind": "gemini", "base_url": upstream_url + "/v1beta", "api_keys": [GEMINI_KEY],
+                    "timeout": TIMEOUTS},
         },
         "models": [
             {"name": "gpt-4.1", "targets": [{"provider": "oai", "model": "gpt-4.1-2025-04-14"}]},
@@ -78,6 +86,11 @@ def gateway_config(upstream_url: str, **server: Any) -> dict[str, Any]:
             {"name": "unreachable", "targets": [{"provider": "down", "model": "m"}]},
             {"name": "unreachable-claude", "targets": [{"provider": "down-ant", "model": "m"}]},
             {"name": "needs-key", "targets": [{"provider": "nokey", "model": "gpt-4o"}]},
+            {"name": "azure-gpt", "targets": [{"provider": "azure", "model": "gpt-4o-deploy"}]},
+            {"name": "embed-small", "targets": [{"provider": "oai", "model": "text-embedding-3-small"}]},
+            {"name": "embed-local", "targets": [{"provider": "local", "model": "nomic-embed-text"}]},
+            {"name": "embed-azure", "targets": [{"provider": "azure", "model": "embed-deploy"}]},
+            {"name": "embed-gemini", "targets": [{"provider": "gem", "model": "gemini-embedding-001"}]},
         ],
         "routing": {"allow_direct": True, "detect_provider": True},
     }

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,15 +18,14 @@ from ccm_gateway.mock import MockUpstream
 
 from .servers import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 def start_gateway(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     clean_env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and not k.startswith("CCM_")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "ccm_gateway", "serve", "--port", str(port), *args],
-        env={**clean_env, **(env or {})}, cwd=ROOT / "tests", stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env={**clean_env, **(env or {})}, cwd=tempfile.mkdtemp(prefix="ccm-serve-"),  # the ledger file lands there
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     for _ in range(200):  # up to ~20 s for the interpreter and hypercorn to come up

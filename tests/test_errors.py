@@ -266,10 +266,10 @@ def test_provider_without_key_explains_itself(post: Any) -> None:
     assert "no API key configured" in OPENAI.error(r)["message"]
 
 
-def test_protocol_mismatch_is_a_clear_400_until_translation_exists(post: Any) -> None:
-    r = post(ANTHROPIC, ANTHROPIC.body("gpt-4.1"))
-    assert r.status_code == 400
-    assert "cross-protocol translation is not available" in ANTHROPIC.error(r)["message"]
+def test_protocol_mismatch_is_translated(post: Any) -> None:
+    r = post(ANTHROPIC, ANTHROPIC.body("gpt-4.1"))  # an Anthropic client, an OpenAI upstream
+    assert r.status_code == 200
+    assert r.json()["type"] == "message" and r.json()["content"][0]["type"] == "text"
 
 
 @BOTH

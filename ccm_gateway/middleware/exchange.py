@@ -7,6 +7,7 @@ to the log, never to the client.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -29,12 +30,29 @@ def dialect_for(scope: Scope) -> Dialect | None:
         return None
     if path.startswith("/v1/messages"):
         return Dialect.ANTHROPIC_MESSAGES
-    if path.startswith("/v1/chat/"):
+    if path.startswith("/v1/chat/") or path == "/v1/embeddings":
         return Dialect.OPENAI_CHAT
     for name, _ in scope["headers"]:
         if name == b"anthropic-version":
             return Dialect.ANTHROPIC_MESSAGES
     return Dialect.OPENAI_CHAT
+
+
+_OPERATIONS = (
+    ("/v1/chat/completions/count_tokens", "count_tokens"),
+    ("/v1/messages/count_tokens", "count_tokens"),
+    ("/v1/chat/completions", "chat"),
+    ("/v1/messages", "chat"),
+    ("/v1/embeddings", "embeddings"),
+)
+
+
+def operation_for(path: str) -> str:
+    """What an API request asks for; "other" (models list, unknown paths) carries no model to read."""
+    for suffix, operation in _OPERATIONS:
+        if path.endswith(suffix):
+            return operation
+    return "other"
 
 
 class ExchangeMiddleware:
@@ -48,6 +66,7 @@ class ExchangeMiddleware:
             await self.app(scope, receive, send)
             return
         ex = Exchange(dialect)
+        ex.operation = operation_for(scope["path"])  # so ex.head() parses the right shape, for any stage
         scope.setdefault("state", {})[STATE_KEY] = ex
         started = False
 
@@ -63,6 +82,8 @@ class ExchangeMiddleware:
         except GatewayError as err:
             if started:
                 raise
+            if isinstance(err, RequestTooLarge):
+                await drain(receive)  # before answering: the server stops reading once we have answered
             await send_error(send, err, dialect, ex.request_id)
         except Exception:
             if started:
@@ -70,6 +91,25 @@ class ExchangeMiddleware:
             log.exception("unhandled error", extra={"request_id": ex.request_id})
             err = GatewayError(f"internal gateway error (request {ex.request_id or 'unknown'})")
             await send_error(send, err, dialect, ex.request_id)
+
+
+DRAIN_BYTES = 8 * 1024 * 1024
+DRAIN_SECONDS = 2.0
+
+
+async def drain(receive: Receive) -> None:
+    """Read and drop the rest of a refused body (bounded), so the client finishes sending and reads
+    our 413 instead of a connection reset; a larger or slower body is cut off."""
+    received = 0
+    try:
+        async with asyncio.timeout(DRAIN_SECONDS):
+            while received < DRAIN_BYTES:
+                message = await receive()
+                received += len(message.get("body", b""))
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    return
+    except TimeoutError:
+        return
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:

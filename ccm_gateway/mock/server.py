@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from . import embeddings, gemini
 from .replies import (
     MockPlan,
     RequestInfo,
@@ -31,6 +32,7 @@ from .replies import (
     read_request,
     reply_for,
 )
+from .scripts import SCRIPTS
 
 __all__ = ["MockUpstream", "RecordedRequest", "StreamResult"]
 
@@ -237,6 +239,10 @@ class MockUpstream:
             app.router.add_get(prefix + "/models", self._models)
         app.router.add_post("/v1/messages", self._anthropic_messages)
         app.router.add_post("/v1/messages/count_tokens", self._anthropic_count_tokens)
+        for path, handler in gemini.routes(self):  # Gemini generateContent / streamGenerateContent
+            app.router.add_post(path, handler)
+        for path, handler in embeddings.routes(self._openai_chat):  # embeddings, Gemini, Azure deployments
+            app.router.add_post(path, handler)
         return app
 
     async def _models(self, request: web.Request) -> web.Response:
@@ -291,6 +297,8 @@ class MockUpstream:
         if isinstance(prepared, web.Response):
             return prepared
         info, plan = prepared
+        if plan.script is not None:
+            return await self._script(request, protocol, plan, info)
         reply = reply_for(plan, info.prompt)
         prompt_tokens = count_tokens(info.prompt)
         if protocol == _OPENAI:
@@ -302,6 +310,19 @@ class MockUpstream:
             events = anthropic_sse(plan, plan.model, prompt_tokens, reply)
             return await self._stream(request, protocol, events, plan.delay_ms, info.model)
         return self._json(protocol, anthropic_json(plan, plan.model, prompt_tokens, reply))
+
+    async def _script(
+        self, request: web.Request, protocol: str, plan: MockPlan, info: RequestInfo
+    ) -> web.StreamResponse:
+        """Replay a recorded-shape fixture (``+script=NAME``, see scripts.py) in its own protocol."""
+        script = SCRIPTS.get(plan.script or "")
+        if script is None or script.protocol != protocol:
+            return _error_response(protocol, 400, f"no {protocol} mock script named {plan.script!r}")
+        if info.stream:
+            return await self._stream(request, protocol, list(script.events), plan.delay_ms, info.model)
+        if not script.body:
+            return _error_response(protocol, 400, f"mock script {plan.script!r} has no JSON form")
+        return self._json(protocol, script.body)
 
     async def _anthropic_count_tokens(self, request: web.Request) -> web.StreamResponse:
         prepared = await self._prepare(request, _ANTHROPIC)
