@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from .loadgen import run_load
-from .runner import ROOT, SCENARIOS, Processes, request_for
+from .runner import BENCH_KEY, ROOT, SCENARIOS, Processes, request_for
 
 
 def main() -> None:
@@ -31,6 +31,7 @@ def main() -> None:
     try:
         base, pid = procs.gateway(1)
         url, body, headers = request_for(scenario, "gateway", base)
+        headers = {**headers, "authorization": f"Bearer {BENCH_KEY}"}
         asyncio.run(run_load(url, body, headers=headers, concurrency=scenario.concurrency, duration=1.0))
         recorder = subprocess.Popen([spy, "record", "--pid", str(pid), "--duration", str(args.seconds), "--rate",
                                      "250", "--format", args.format, "--output", str(target), "--nonblocking"])

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -40,6 +41,7 @@ class Scenario:
     prompt_tokens: int = 20  # ~size of the conversation sent
     workers: int = 1
     upstream: str = ""  # "" = the client's own protocol (pass-through); else the upstream protocol
+    chain: str = "full"  # gateway stages: "core" (exchange + request id), "full" (every stage), "redis"
     quick: bool = True
     targets: tuple[str, ...] = ("direct", "bare", "gateway")
 
@@ -52,9 +54,13 @@ SCENARIOS = [
     Scenario("anthropic→openai sse 50 chunks c=16", client="anthropic", stream=True, chunks=50, concurrency=16,
              upstream="openai", targets=("direct", "gateway")),
     Scenario("100k-token history c=1", prompt_tokens=100_000, concurrency=1),
+    Scenario("json c=64, limits on Redis", concurrency=64, chain="redis", targets=("gateway",)),
+    Scenario("json c=1, core stages only", concurrency=1, chain="core", targets=("gateway",), quick=False),
+    Scenario("json c=64, core stages only", concurrency=64, chain="core", targets=("gateway",), quick=False),
     Scenario("json c=64, 2 workers", concurrency=64, workers=2, quick=False),
     Scenario("sse 50 chunks c=1 (added latency)", stream=True, chunks=50, concurrency=1, quick=False),
 ]
+BENCH_KEY = "ccm-bench-key-0123456789"
 
 
 @dataclass
@@ -116,7 +122,8 @@ class Processes:
         self.tmp = Path(tempfile.mkdtemp(prefix="ccm-bench-"))
         self.upstream = self._start(["-m", "benchmarks.upstream", "--port", "{port}"])
         self.bare: dict[int, tuple[str, int]] = {}
-        self.gateways: dict[int, tuple[str, int]] = {}
+        self.gateways: dict[tuple[int, str], tuple[str, int]] = {}
+        self.redis_url = ""
 
     def _start(self, args: list[str], env: dict[str, str] | None = None) -> tuple[str, int]:
         port = free_port()
@@ -152,13 +159,28 @@ class Processes:
             self._litellm = (f"http://127.0.0.1:{port}", proc.pid)
         return self._litellm
 
-    def gateway(self, workers: int) -> tuple[str, int]:
-        if workers not in self.gateways:
-            config = self.tmp / f"gateway-{workers}.toml"
-            config.write_text(gateway_config(self.upstream[0], workers))
-            self.gateways[workers] = self._start(
+    def redis(self) -> str:
+        """A throwaway redis-server for the shared-limits scenario (``apt-get install redis-server``)."""
+        if not self.redis_url:
+            binary = shutil.which("redis-server")
+            if binary is None:
+                raise RuntimeError("redis-server is not installed")
+            port = free_port()
+            proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                     "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.procs.append(proc)
+            wait_port(port, proc)
+            self.redis_url = f"redis://127.0.0.1:{port}/0"
+        return self.redis_url
+
+    def gateway(self, workers: int, chain: str = "full") -> tuple[str, int]:
+        if (workers, chain) not in self.gateways:
+            config = self.tmp / f"gateway-{workers}-{chain}.toml"
+            redis = self.redis() if chain == "redis" else ""
+            config.write_text(gateway_config(self.upstream[0], workers, chain, redis))
+            self.gateways[workers, chain] = self._start(
                 ["-m", "ccm_gateway", "serve", "--config", str(config), "--port", "{port}"])
-        return self.gateways[workers]
+        return self.gateways[workers, chain]
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -170,13 +192,23 @@ class Processes:
                 proc.kill()
 
 
-def gateway_config(upstream: str, workers: int) -> str:
-    """The gateway under test: providers pointing at the mock upstream, every built stage on."""
+def gateway_config(upstream: str, workers: int, chain: str = "full", redis: str = "") -> str:
+    """The gateway under test, its providers pointing at the mock upstream. ``full``: every stage on
+    (auth, token counting, rate limits with limits far above the load); ``core``: none of those."""
+    stages = ""
+    if chain == "core":
+        stages = "[auth]\nenabled = false\n[tokens]\ncount_prompts = false\n"
+    else:
+        stages = (f'[[keys]]\nname = "bench"\nkey = "{BENCH_KEY}"\nrpm = 100000000\ntpm = 1000000000\n'
+                  "concurrency = 100000\n[limits]\nip_rpm = 100000000\n")
+        if redis:
+            stages += f'[state]\nbackend = "redis"\nurl = "{redis}"\n'
     return f"""
 [server]
 workers = {workers}
 [logging]
 level = "warning"
+{stages}
 [providers.up]
 kind = "openai"
 base_url = "{upstream}/v1"
@@ -236,8 +268,10 @@ def measure(
     elif target == "bare":
         base, pid = procs.bare_proxy(s.workers)
     else:
-        base, pid = procs.gateway(s.workers)
+        base, pid = procs.gateway(s.workers, s.chain)
     url, body, headers = request_for(s, target, base)
+    if target == "gateway" and s.chain != "core":
+        headers = {**headers, "authorization": f"Bearer {BENCH_KEY}"}
     before = procstats.sample(pid) if pid else None
     result = asyncio.run(_load_with_baseline(url, body, headers, s.concurrency, duration, warmup, pid))
     m = Measurement(s, target, result[0])
@@ -268,6 +302,7 @@ def rss_over_requests(procs: Processes, total: int) -> list[tuple[int, int]]:
     base, pid = procs.gateway(1)
     s = Scenario("rss", stream=True, chunks=20, concurrency=32)
     url, body, headers = request_for(s, "gateway", base)
+    headers = {**headers, "authorization": f"Bearer {BENCH_KEY}"}
     series = [(0, procstats.sample(pid).rss)]
     step = total // 5
     for i in range(1, 6):
@@ -294,7 +329,10 @@ def main() -> None:
             peer = ("litellm",) if args.peers and s.client == "openai" and s.workers == 1 else ()
             for target in (*s.targets, *peer):
                 print(f"{s.name:<40} {target:<8}", end="", flush=True)
-                m = measure(procs, s, target, duration, warmup, args.peers or "")
+                try:
+                    m = measure(procs, s, target, duration, warmup, args.peers or "")
+                except RuntimeError as exc:  # e.g. no redis-server here: report it, measure the rest
+                    m = Measurement(s, target, Result(), note=f"not run: {exc}")
                 run.measurements.append(m)
                 cpu = f"{m.cpu_per_request_us:8.0f} µs CPU/req" if m.cpu_per_request_us else ""
                 print(f"p50 {m.result.pct(50):8.2f} ms  {m.result.throughput:8.1f} req/s  "
