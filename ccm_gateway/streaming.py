@@ -26,17 +26,20 @@ def carries_usage_object(data: bytes) -> bool:
 class UsageSniffer:
     """Feeds the ``data:`` lines of an SSE stream that carry usage to a dialect's ``apply_usage``."""
 
-    __slots__ = ("_apply", "_tail", "_usage")
+    __slots__ = ("_apply", "_compact", "_tail", "_usage")
 
     def __init__(self, apply: Callable[[bytes, Usage], None], usage: Usage) -> None:
         self._apply = apply
         self._usage = usage
         self._tail = b""
+        self._compact: bool | None = None  # the upstream writes compact JSON: one search per chunk
 
     def feed(self, chunk: bytes) -> None:
         data = self._tail + chunk if self._tail else chunk
         cut = data.rfind(b"\n") + 1
-        if cut and carries_usage_object(data):
+        if self._compact is None and cut:
+            self._compact = b'": ' not in data and b'", "' not in data
+        if cut and (_COMPACT in data if self._compact else carries_usage_object(data)):
             for line in data[:cut].split(b"\n"):
                 if line.startswith(b"data:") and carries_usage_object(line):
                     self._apply(line[5:], self._usage)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from ccm_gateway.dialects import anthropic_messages, openai_chat
@@ -63,3 +65,14 @@ def test_a_monster_line_does_not_grow_the_buffer_forever() -> None:
     for _ in range(10):
         sniffer.feed(b"x" * (1024 * 1024))  # no newline at all
     assert len(sniffer._tail) <= 4 * 1024 * 1024
+
+
+def test_streams_in_python_json_style_still_yield_usage() -> None:
+    """Compact upstreams get one substring search per chunk; a server writing ``": "`` (Python's
+    json.dumps) must still have its usage found."""
+    chunks = [{"choices": [{"index": 0, "delta": {"content": "hi"}}], "usage": None},
+              {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 2}}]
+    stream = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks).encode() + b"data: [DONE]\n\n"
+    usage = Usage()
+    feed_in_pieces(UsageSniffer(openai_chat.apply_usage, usage), stream, 50)
+    assert usage.reported and (usage.input, usage.output) == (7, 2)
