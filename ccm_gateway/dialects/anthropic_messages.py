@@ -63,26 +63,28 @@ def is_native_error(body: bytes) -> bool:
 # --- usage -----------------------------------------------------------------------------------------
 
 
-class _OutputDetails(Struct):
+class OutputDetails(Struct):
     thinking_tokens: int | None = None
 
 
-class _Usage(Struct):
+class WireUsage(Struct):
+    """Anthropic's usage object as it appears in responses, message_start and message_delta."""
+
     input_tokens: int | None = None
     output_tokens: int | None = None
     cache_creation_input_tokens: int | None = None
     cache_read_input_tokens: int | None = None
-    output_tokens_details: _OutputDetails | None = None
+    output_tokens_details: OutputDetails | None = None
 
 
 class _Message(Struct):
-    usage: _Usage | None = None
+    usage: WireUsage | None = None
 
 
 class _Payload(Struct):
     """A whole response (``usage`` at top level), a message_delta (same) or a message_start."""
 
-    usage: _Usage | None = None
+    usage: WireUsage | None = None
     message: _Message | None = None
 
 
@@ -90,18 +92,19 @@ _payload = msgspec.json.Decoder(_Payload)
 
 
 def apply_usage(payload: bytes | memoryview, usage: Usage) -> None:
-    """Fill ``usage`` from a response body, a message_start or a message_delta.
-
-    Like the SDK's accumulator: output is overwritten (it is cumulative), input and cache fields
-    only when present.
-    """
+    """Fill ``usage`` from a response body, a message_start or a message_delta."""
     try:
         found = _payload.decode(payload)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return
     u = found.usage or (found.message.usage if found.message else None)
-    if u is None:
-        return
+    if u is not None:
+        fill_usage(u, usage)
+
+
+def fill_usage(u: WireUsage, usage: Usage) -> None:
+    """Like the SDK's accumulator: output is overwritten (it is cumulative), input and cache fields
+    only when present. Anthropic's input_tokens excludes cache reads and writes (§4.8)."""
     if u.input_tokens is not None:
         usage.input = u.input_tokens
     if u.cache_read_input_tokens is not None:

@@ -18,6 +18,7 @@ from ..errors import GatewayError
 from ..exchange import Usage
 from ..streaming import SSEParser
 from . import canonical as c
+from .anthropic_messages import WireUsage
 from .translate_errors import upstream_error
 
 _encode = msgspec.json.encode
@@ -168,20 +169,8 @@ class _Delta(Struct):
     stop_sequence: str | None = None
 
 
-class _OutDetails(Struct):
-    thinking_tokens: int | None = None
-
-
-class _Usage(Struct):
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    cache_creation_input_tokens: int | None = None
-    cache_read_input_tokens: int | None = None
-    output_tokens_details: _OutDetails | None = None
-
-
 class _Message(Struct):
-    usage: _Usage | None = None
+    usage: WireUsage | None = None
 
 
 class _Error(Struct):
@@ -194,7 +183,7 @@ class _Event(Struct):
     index: int = 0
     content_block: _Block | None = None
     delta: _Delta | None = None
-    usage: _Usage | None = None
+    usage: WireUsage | None = None
     message: _Message | None = None
     error: _Error | None = None
 
@@ -202,7 +191,7 @@ class _Event(Struct):
 _event = msgspec.json.Decoder(_Event)
 
 
-def _usage_ev(u: _Usage) -> c.UsageEv:
+def _usage_ev(u: WireUsage) -> c.UsageEv:
     details = u.output_tokens_details
     return c.UsageEv(input=u.input_tokens, output=u.output_tokens, cache_read=u.cache_read_input_tokens,
                      cache_write=u.cache_creation_input_tokens,

@@ -6,12 +6,14 @@ built from an allow-list; the client's unknown fields are accepted and dropped.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import msgspec
 
 from ..errors import InvalidRequest
 from ..exchange import Usage
+from . import anthropic_messages
 from . import canonical as c
 
 _decode = msgspec.json.decode
@@ -298,12 +300,8 @@ def encode_request(req: c.Request, model: str, names: c.Names, *, max_output: in
 def usage_in(u: Any) -> Usage:
     usage = Usage()
     if isinstance(u, dict):
-        usage.input = u.get("input_tokens") or 0
-        usage.cache_read = u.get("cache_read_input_tokens") or 0
-        usage.cache_write = u.get("cache_creation_input_tokens") or 0
-        usage.output = u.get("output_tokens") or 0
-        usage.reasoning = (u.get("output_tokens_details") or {}).get("thinking_tokens") or 0
-        usage.reported = True
+        with contextlib.suppress(msgspec.ValidationError):
+            anthropic_messages.fill_usage(msgspec.convert(u, anthropic_messages.WireUsage), usage)
     return usage
 
 

@@ -65,24 +65,26 @@ def is_native_error(body: bytes) -> bool:
 # --- usage -----------------------------------------------------------------------------------------
 
 
-class _PromptDetails(Struct):
+class PromptDetails(Struct):
     cached_tokens: int | None = None
     cache_write_tokens: int | None = None
 
 
-class _CompletionDetails(Struct):
+class CompletionDetails(Struct):
     reasoning_tokens: int | None = None
 
 
-class _Usage(Struct):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    prompt_tokens_details: _PromptDetails | None = None
-    completion_tokens_details: _CompletionDetails | None = None
+class WireUsage(Struct):
+    """OpenAI's usage object, in responses and in the final stream chunk."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    prompt_tokens_details: PromptDetails | None = None
+    completion_tokens_details: CompletionDetails | None = None
 
 
 class _WithUsage(Struct):
-    usage: _Usage | None = None
+    usage: WireUsage | None = None
 
 
 _with_usage = msgspec.json.Decoder(_WithUsage)
@@ -94,15 +96,20 @@ def apply_usage(payload: bytes | memoryview, usage: Usage) -> None:
         found = _with_usage.decode(payload).usage
     except (msgspec.DecodeError, msgspec.ValidationError):
         return
-    if found is None:
-        return
-    details = found.prompt_tokens_details
+    if found is not None:
+        fill_usage(found, usage)
+
+
+def fill_usage(u: WireUsage, usage: Usage) -> None:
+    """prompt_tokens includes cached (and written) tokens, completion_tokens includes reasoning
+    (§4.8): the cache is taken out of input so it is never counted twice."""
+    details = u.prompt_tokens_details
     cached = (details.cached_tokens or 0) if details else 0
     written = (details.cache_write_tokens or 0) if details else 0
     usage.cache_read = cached
     usage.cache_write = written
-    usage.input = max(found.prompt_tokens - cached - written, 0)  # prompt_tokens includes the cache
-    usage.output = found.completion_tokens
-    reasoning = found.completion_tokens_details
+    usage.input = max((u.prompt_tokens or 0) - cached - written, 0)
+    usage.output = u.completion_tokens or 0
+    reasoning = u.completion_tokens_details
     usage.reasoning = (reasoning.reasoning_tokens or 0) if reasoning else 0
     usage.reported = True

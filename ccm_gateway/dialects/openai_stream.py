@@ -18,6 +18,7 @@ from ..errors import GatewayError, UpstreamError
 from ..exchange import Usage
 from ..streaming import SSEParser
 from . import canonical as c
+from .openai_chat import WireUsage
 from .openai_translate import FINISH_TO_STOP, error_from, finish_reason, usage_out
 from .translate_errors import upstream_error
 
@@ -47,25 +48,9 @@ class _Choice(Struct):
     finish_reason: str | None = None
 
 
-class _PromptDetails(Struct):
-    cached_tokens: int | None = None
-    cache_write_tokens: int | None = None
-
-
-class _OutDetails(Struct):
-    reasoning_tokens: int | None = None
-
-
-class _Usage(Struct):
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    prompt_tokens_details: _PromptDetails | None = None
-    completion_tokens_details: _OutDetails | None = None
-
-
 class _Chunk(Struct):
     choices: list[_Choice] | None = None
-    usage: _Usage | None = None
+    usage: WireUsage | None = None
     error: Any = None
 
 

@@ -6,6 +6,7 @@ accepted and never forwarded); upstream bodies are built from an allow-list of f
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -14,6 +15,7 @@ import msgspec
 from ..errors import GatewayError, InvalidRequest
 from ..exchange import Usage
 from . import canonical as c
+from . import openai_chat
 
 _decode = msgspec.json.decode
 _encode = msgspec.json.encode
@@ -329,15 +331,9 @@ def encode_request(req: c.Request, model: str, names: c.Names, *, compat: bool, 
 def usage_in(u: Any) -> Usage:
     """An OpenAI usage object → normalised Usage (prompt_tokens includes the cache, §4.8)."""
     usage = Usage()
-    if not isinstance(u, dict):
-        return usage
-    details = u.get("prompt_tokens_details") or {}
-    usage.cache_read = details.get("cached_tokens") or 0
-    usage.cache_write = details.get("cache_write_tokens") or 0
-    usage.input = max((u.get("prompt_tokens") or 0) - usage.cache_read - usage.cache_write, 0)
-    usage.output = u.get("completion_tokens") or 0
-    usage.reasoning = (u.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
-    usage.reported = True
+    if isinstance(u, dict):
+        with contextlib.suppress(msgspec.ValidationError):
+            openai_chat.fill_usage(msgspec.convert(u, openai_chat.WireUsage), usage)
     return usage
 
 
