@@ -16,7 +16,6 @@ from msgspec import Struct
 
 from ..errors import GatewayError
 from ..exchange import Usage
-from ..streaming import SSEParser
 from . import canonical as c
 from .anthropic_messages import WireUsage
 from .translate_errors import upstream_error
@@ -198,30 +197,18 @@ def _usage_ev(u: WireUsage) -> c.UsageEv:
                      reasoning=details.thinking_tokens if details else None)
 
 
-class StreamDecoder:
+class StreamDecoder(c.SSEDecoder):
     """Upstream Anthropic SSE bytes → canonical events; ``complete`` once message_stop was seen."""
 
-    __slots__ = ("_names", "_sse", "_tools", "complete", "finished", "parsed")
+    __slots__ = ("_names", "_tools", "complete", "finished", "parsed")
 
     def __init__(self, names: c.Names) -> None:
-        self._sse = SSEParser()
+        super().__init__()
         self._names = names
         self._tools: dict[int, int] = {}  # block index → canonical tool index
         self.complete = False
         self.finished = False
         self.parsed = False
-
-    def feed(self, chunk: bytes) -> list[c.Ev]:
-        out: list[c.Ev] = []
-        for _, data in self._sse.feed(chunk):
-            self._event(data, out)
-        return out
-
-    def close(self) -> list[c.Ev]:
-        out: list[c.Ev] = []
-        for _, data in self._sse.close():
-            self._event(data, out)
-        return out
 
     def _event(self, data: bytes, out: list[c.Ev]) -> None:
         try:

@@ -20,6 +20,7 @@ from msgspec import Struct, field
 
 from ..errors import GatewayError
 from ..exchange import Usage
+from ..streaming import SSEParser
 
 # --- content blocks ---------------------------------------------------------------------------------
 
@@ -348,3 +349,32 @@ def response_events(resp: Response) -> list[Ev]:
     if u is not None and u.reported:
         out.append(UsageEv(u.input, u.output, u.cache_read, u.cache_write, u.reasoning))
     return out
+
+
+class SSEDecoder:
+    """Base of the upstream stream decoders: SSE framing here (any chunk boundaries), one event at
+    a time in ``_event``, and ``_end`` for what only the end of the stream can settle."""
+
+    __slots__ = ("_sse",)
+
+    def __init__(self) -> None:
+        self._sse = SSEParser()
+
+    def feed(self, chunk: bytes) -> list[Ev]:
+        out: list[Ev] = []
+        for _, data in self._sse.feed(chunk):
+            self._event(data, out)
+        return out
+
+    def close(self) -> list[Ev]:
+        out: list[Ev] = []
+        for _, data in self._sse.close():
+            self._event(data, out)
+        self._end(out)
+        return out
+
+    def _event(self, data: bytes, out: list[Ev]) -> None:
+        raise NotImplementedError
+
+    def _end(self, out: list[Ev]) -> None:
+        return None

@@ -15,7 +15,6 @@ import msgspec
 from msgspec import Struct
 
 from ..exchange import Usage
-from ..streaming import SSEParser
 from . import canonical as c
 from .translate_errors import upstream_error
 
@@ -298,31 +297,19 @@ class _Frame(Struct):
 _frame = msgspec.json.Decoder(_Frame)
 
 
-class StreamDecoder:
+class StreamDecoder(c.SSEDecoder):
     """Gemini ``alt=sse`` frames → canonical events. Each frame carries only new parts; a function
     call arrives whole (one tool_start + one tool_args); EOF ends the stream (no ``[DONE]``)."""
 
-    __slots__ = ("_names", "_sse", "_tools", "complete", "finished", "parsed")
+    __slots__ = ("_names", "_tools", "complete", "finished", "parsed")
 
     def __init__(self, names: c.Names) -> None:
-        self._sse = SSEParser()
+        super().__init__()
         self._names = names
         self._tools = 0
         self.complete = False
         self.finished = False
         self.parsed = False
-
-    def feed(self, chunk: bytes) -> list[c.Ev]:
-        out: list[c.Ev] = []
-        for _, data in self._sse.feed(chunk):
-            self._event(data, out)
-        return out
-
-    def close(self) -> list[c.Ev]:
-        out: list[c.Ev] = []
-        for _, data in self._sse.close():
-            self._event(data, out)
-        return out
 
     def _event(self, data: bytes, out: list[c.Ev]) -> None:
         try:

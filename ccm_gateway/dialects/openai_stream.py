@@ -16,7 +16,6 @@ from msgspec import Struct
 
 from ..errors import GatewayError, UpstreamError
 from ..exchange import Usage
-from ..streaming import SSEParser
 from . import canonical as c
 from .openai_chat import WireUsage
 from .openai_translate import FINISH_TO_STOP, error_from, finish_reason, usage_out
@@ -85,13 +84,13 @@ def fn_arguments(call: _ToolCall) -> str:
     return fn.arguments if isinstance(fn.arguments, str) else _encode(fn.arguments).decode()
 
 
-class StreamDecoder:
+class StreamDecoder(c.SSEDecoder):
     """Upstream OpenAI SSE bytes → canonical events; ``done`` once the stream finished properly."""
 
-    __slots__ = ("_current", "_keys", "_names", "_sse", "_tools", "done", "finished", "parsed")
+    __slots__ = ("_current", "_keys", "_names", "_tools", "done", "finished", "parsed")
 
     def __init__(self, names: c.Names) -> None:
-        self._sse = SSEParser()
+        super().__init__()
         self._names = names
         self._keys: dict[int, _Tool] = {}
         self._tools: list[_Tool] = []
@@ -100,18 +99,8 @@ class StreamDecoder:
         self.done = False  # [DONE] seen
         self.parsed = False  # a chunk was understood (the client's stream may start, even if it said nothing)
 
-    def feed(self, chunk: bytes) -> list[c.Ev]:
-        out: list[c.Ev] = []
-        for _, data in self._sse.feed(chunk):
-            self._event(data, out)
-        return out
-
-    def close(self) -> list[c.Ev]:
-        out: list[c.Ev] = []
-        for _, data in self._sse.close():
-            self._event(data, out)
+    def _end(self, out: list[c.Ev]) -> None:
         self._flush(out)
-        return out
 
     @property
     def complete(self) -> bool:
