@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format bench bench-full bench-peers profile check-config clean
+.PHONY: install run test lint format bench bench-full bench-peers profile check-config clean redis-server
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,15 +17,20 @@ install: $(STAMP) ## create .venv and install the gateway with its dev tools
 run: $(STAMP) ## serve on http://127.0.0.1:8080 (embedded config; CONFIG=file.toml for yours)
 	$(BIN)/ccm-gateway serve $(if $(CONFIG),--config $(CONFIG),)
 
-test: $(STAMP) ## lint, then the whole test suite
-	$(BIN)/ruff check ccm_gateway tests
+test: $(STAMP) redis-server ## lint, then the whole test suite
+	$(BIN)/ruff check ccm_gateway tests benchmarks
 	$(BIN)/pytest -q
 
+redis-server: # the Redis integration tests start a real redis-server on a loopback port
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing redis-server (Debian package) for the Redis tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+
 lint: $(STAMP)
-	$(BIN)/ruff check ccm_gateway tests
+	$(BIN)/ruff check ccm_gateway tests benchmarks
 
 format: $(STAMP)
-	$(BIN)/ruff format ccm_gateway tests
+	$(BIN)/ruff format ccm_gateway tests benchmarks
 
 check-config: $(STAMP) ## CONFIG=file.toml: validate and print it redacted
 	$(BIN)/ccm-gateway check-config $(CONFIG)
