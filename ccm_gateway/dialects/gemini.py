@@ -8,6 +8,7 @@ tool-call id the client sees (``…__ts__<url-safe signature>``), so it survives
 
 from __future__ import annotations
 
+import mimetypes
 import re
 from typing import Any
 
@@ -99,7 +100,9 @@ def _part(b: Any) -> dict[str, Any]:
         return {"text": b.text}
     if isinstance(b, c.Image):
         if b.url:
-            return {"fileData": {"mimeType": b.media_type or "image/jpeg", "fileUri": b.url}}
+            guessed = mimetypes.guess_type(b.url.split("?", 1)[0])[0] or ""  # an OpenAI image_url has no type
+            mime = b.media_type or (guessed if guessed.startswith("image/") else "image/jpeg")
+            return {"fileData": {"mimeType": mime, "fileUri": b.url}}
         return {"inlineData": {"mimeType": b.media_type, "data": b.data}}
     if isinstance(b, c.Document):
         if b.text:

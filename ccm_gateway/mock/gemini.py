@@ -71,7 +71,9 @@ async def _generate(server: MockUpstream, request: web.Request, *, stream: bool)
         script = SCRIPTS.get(plan.script)
         if script is None or script.protocol != "gemini":
             return gemini_error(400, f"no gemini mock script named {plan.script!r}")
-        if stream:
+        if script.status >= 400:
+            return web.Response(status=script.status, body=script.body, content_type="application/json")
+        if stream and script.events:  # a script without events ignores ``stream`` and answers JSON
             return await server._stream(request, "gemini", list(script.events), plan.delay_ms, model)
         return web.Response(body=script.body, content_type="application/json")
     prompt = _prompt(body)

@@ -24,6 +24,7 @@ class Script:
     protocol: str  # "openai" | "anthropic" | "gemini"
     events: tuple[bytes, ...]  # complete SSE events; a stream without its terminator is "truncated"
     body: bytes  # the non-streaming answer with the same content (b"" when there is none)
+    status: int = 200  # >= 400: an HTTP error answer (``body`` is the provider's error JSON), stream or not
 
 
 # --- OpenAI chat.completion.chunk streams ------------------------------------------------------------------
@@ -284,3 +285,62 @@ GEMINI_SCRIPTS: dict[str, Script] = {
 }
 
 SCRIPTS.update(GEMINI_SCRIPTS)
+
+
+# --- Matrix additions: quirks and errors replayed for every protocol pair (tests/test_translate_matrix.py) ----------
+
+
+def _split(events: tuple[bytes, ...], size: int, crlf: bool = False) -> tuple[bytes, ...]:
+    """The same stream cut at arbitrary byte boundaries (every ``size`` bytes), optionally with CRLF lines."""
+    whole = b"".join(events)
+    if crlf:
+        whole = whole.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    return tuple(whole[i:i + size] for i in range(0, len(whole), size))
+
+
+def _err(protocol: str, status: int, error: dict[str, Any]) -> Script:
+    return Script(protocol, (), _encode({"type": "error", "error": error} if protocol == "anthropic"
+                                        else {"error": error}), status)
+
+
+_KIMI_ID = "functions.get_weather:0"
+MATRIX_SCRIPTS: dict[str, Script] = {
+    # Kimi/Moonshot-style tool id, not valid for Anthropic (P2).
+    "oai_kimi_id": Script("openai", (
+        _ROLE, _oc(_tc(0, _WEATHER, _KIMI_ID, "get_weather")), _oc(finish="tool_calls"), _OAI_USAGE_CHUNK, _DONE,
+    ), _oai_body({"content": None, "tool_calls": [_call(_KIMI_ID, "get_weather", _WEATHER)]}, "tool_calls")),
+    # Arguments of two parallel calls interleaved: call 0 is not finished when call 1 starts.
+    "oai_interleaved": Script("openai", (
+        _ROLE, _oc(_tc(0, '{"cmd": "rm -rf /tmp/x', "call_1", "bash")), _oc(_tc(1, "{}", "call_2", "noop")),
+        _oc(_tc(0, '"}')), _oc(finish="tool_calls"), _OAI_USAGE_CHUNK, _DONE,
+    ), b""),
+    "ant_long_name": Script("anthropic", (
+        _astart(), *_tool(0, "toolu_01L", short_name(LONG_TOOL_NAME), "{}"), *_aend("tool_use"),
+    ), _ant_body([{"type": "tool_use", "id": "toolu_01L", "name": short_name(LONG_TOOL_NAME), "input": {}}],
+                 "tool_use")),
+    "gem_long_name": Script("gemini", (
+        _gf([{"functionCall": {"name": short_name(LONG_TOOL_NAME), "args": {}}}], "STOP", usage=True),
+    ), _gem_body([{"functionCall": {"name": short_name(LONG_TOOL_NAME), "args": {}}}], "STOP")),
+    # Providers that ignore ``stream: true`` and answer JSON (no events: the JSON body even for a stream).
+    "oai_ignores_stream": Script("openai", (), OPENAI_SCRIPTS["oai_tool"].body),
+    "ant_ignores_stream": Script("anthropic", (), ANTHROPIC_SCRIPTS["ant_thinking_tool"].body),
+    "gem_ignores_stream": Script("gemini", (), GEMINI_SCRIPTS["gem_tools"].body),
+    # HTTP errors with the providers' own bodies (PROTOCOLS §4.12).
+    "oai_402": _err("openai", 402, {"message": "Payment required.", "type": "billing", "param": None, "code": None}),
+    "oai_quota": _err("openai", 429, {"message": "You exceeded your current quota.", "type": "insufficient_quota",
+                                      "param": None, "code": "insufficient_quota"}),
+    "oai_context": _err("openai", 400, {"message": "This model's maximum context length is 128000 tokens.",
+                                        "type": "invalid_request_error", "param": "messages",
+                                        "code": "context_length_exceeded"}),
+    "ant_402": _err("anthropic", 402, {"type": "billing_error", "message": "Your credit balance is too low."}),
+    "ant_context": _err("anthropic", 400, {"type": "invalid_request_error",
+                                           "message": "prompt is too long: 210000 tokens > 200000 maximum"}),
+    "ant_500_overloaded": _err("anthropic", 500, {"type": "overloaded_error", "message": "Overloaded"}),
+    "gem_context": _err("gemini", 400, {"code": 400, "status": "INVALID_ARGUMENT",
+                                        "message": "The input token count exceeds the maximum number of tokens."}),
+    "gem_deadline": _err("gemini", 504, {"code": 504, "status": "DEADLINE_EXCEEDED", "message": "Deadline expired."}),
+}
+for _name in ("oai_parallel", "ant_thinking_tool", "gem_tools"):  # arbitrary chunk boundaries, CRLF lines
+    _script = SCRIPTS[_name]
+    MATRIX_SCRIPTS[_name + "_split"] = Script(_script.protocol, _split(_script.events, 7, crlf=True), _script.body)
+SCRIPTS.update(MATRIX_SCRIPTS)

@@ -318,7 +318,10 @@ class MockUpstream:
         script = SCRIPTS.get(plan.script or "")
         if script is None or script.protocol != protocol:
             return _error_response(protocol, 400, f"no {protocol} mock script named {plan.script!r}")
-        if info.stream:
+        if script.status >= 400:
+            return web.Response(status=script.status, body=script.body, headers={
+                **_id_headers(protocol), "content-type": "application/json"})
+        if info.stream and script.events:  # a script without events ignores ``stream`` and answers JSON
             return await self._stream(request, protocol, list(script.events), plan.delay_ms, info.model)
         if not script.body:
             return _error_response(protocol, 400, f"mock script {plan.script!r} has no JSON form")
