@@ -144,9 +144,9 @@ class LimitsConfig(_Section):
 
 
 class StateConfig(_Section):
-    """Where counters live. ``redis``: shared by every instance; while Redis errors or takes longer
-    than ``timeout_ms``, each instance enforces limit ÷ ``instances`` locally and retries Redis
-    every ``recheck_ms``."""
+    """Where rate-limit counters and budgets live. ``redis``: shared by every instance; while Redis
+    errors or takes longer than ``timeout_ms``, each instance enforces limit (and budget) ÷
+    ``instances`` locally and retries Redis every ``recheck_ms``."""
 
     backend: Literal["memory", "redis"] = "memory"
     url: Secret | None = None  # redis://[:password@]host:port/db — may be an env:/file: reference

@@ -20,16 +20,20 @@ USAGE_FIELDS = ("input", "cache_read", "cache_write", "output", "reasoning")
 
 class Usage:
     """Token counts normalised across dialects. ``input`` excludes cache reads and writes;
-    ``output`` includes ``reasoning``. ``reported`` is True when the provider gave the numbers;
-    ``estimated`` names the fields the gateway counted itself instead (the billing stage fills it
-    when a stream ended without usage), so every number carries its provenance."""
+    ``output`` includes ``reasoning``; ``cache_write_1h`` is the part of ``cache_write`` written with
+    Anthropic's 1-hour TTL (priced apart; the rest is the 5-minute TTL). ``reported`` is True when
+    the provider gave the numbers; ``estimated`` names the fields the gateway counted itself instead
+    (the billing stage fills it when a stream ended without usage), so every number carries its
+    provenance."""
 
-    __slots__ = ("cache_read", "cache_write", "estimated", "input", "output", "reasoning", "reported")
+    __slots__ = ("cache_read", "cache_write", "cache_write_1h", "estimated", "input", "output", "reasoning",
+                 "reported")
 
     def __init__(self) -> None:
         self.input = 0
         self.cache_read = 0
         self.cache_write = 0
+        self.cache_write_1h = 0  # ⊂ cache_write
         self.output = 0
         self.reasoning = 0
         self.reported = False

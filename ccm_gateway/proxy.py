@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from .dialects import Dialect
+from .dialects import Dialect, openai_chat
 from .dialects.registry import WIRE
 from .errors import GatewayError, UpstreamTimeout, UpstreamUnavailable, error_for_status
 from .exchange import Exchange, exchange_of
@@ -23,7 +23,7 @@ from .middleware.types import Receive, Scope, Send
 from .providers.upstream import Upstream, UpstreamResponse
 from .responses import send_bytes, send_error
 from .routing import Router
-from .streaming import UsageSniffer
+from .streaming import UsageChunkStripper, UsageSniffer
 
 log = logging.getLogger("ccm_gateway.proxy")
 
@@ -54,8 +54,11 @@ class ChatEndpoint:
         if upstream.speaks(ex.dialect):  # same dialect: pass-through
             headers = upstream_headers(scope, ex, upstream)
             headers.update(upstream.auth_headers(upstream.pick_key()))
-            body = head.body_for(deployment.model, ex.body)
-            run = self._exchange(send, ex, upstream, body, headers, deployment.model)
+            replace = None
+            if ex.stream and upstream.stream_options and ex.dialect is Dialect.OPENAI_CHAT:
+                replace = openai_chat.forced_usage(head.fields)  # ask for usage the client did not (P12)
+            body = head.body_for(deployment.model, ex.body, replace)
+            run = self._exchange(send, ex, upstream, body, headers, deployment.model, strip_usage=bool(replace))
         else:  # another dialect: through the canonical model (translate.py; imported late, it imports us)
             from .translate import Translated
 
@@ -63,7 +66,8 @@ class ChatEndpoint:
         await until_disconnect(run, receive, ex)
 
     async def _exchange(
-        self, send: Send, ex: Exchange, upstream: Upstream, body: bytes, headers: dict[str, str], model: str
+        self, send: Send, ex: Exchange, upstream: Upstream, body: bytes, headers: dict[str, str], model: str,
+        strip_usage: bool = False,
     ) -> None:
         deadline = asyncio.get_running_loop().time() + upstream.timeout.deadline
         ex.attempts += 1
@@ -73,7 +77,7 @@ class ChatEndpoint:
             if resp.status >= 400:
                 await relay_error(send, ex, upstream, resp)
             else:
-                await Pipe(ex, upstream, resp, send).run(deadline)
+                await Pipe(ex, upstream, resp, send, strip_usage).run(deadline)
         finally:
             resp.close()
 
@@ -174,15 +178,19 @@ async def relay_error(send: Send, ex: Exchange, upstream: Upstream, resp: Upstre
 
 
 class Pipe:
-    """Writes one upstream response to the client chunk by chunk, observing usage on the way."""
+    """Writes one upstream response to the client chunk by chunk, observing usage on the way.
+    ``strip_usage``: the gateway asked an OpenAI upstream for usage the client did not want, so the
+    usage-only chunk is taken out of the stream (``streaming.UsageChunkStripper``)."""
 
-    __slots__ = ("ex", "resp", "send", "upstream")
+    __slots__ = ("ex", "resp", "send", "strip_usage", "upstream")
 
-    def __init__(self, ex: Exchange, upstream: Upstream, resp: UpstreamResponse, send: Send) -> None:
+    def __init__(self, ex: Exchange, upstream: Upstream, resp: UpstreamResponse, send: Send,
+                 strip_usage: bool = False) -> None:
         self.ex = ex
         self.upstream = upstream
         self.resp = resp
         self.send = send
+        self.strip_usage = strip_usage
 
     async def run(self, deadline: float) -> None:
         ex, resp, send = self.ex, self.resp, self.send
@@ -195,6 +203,7 @@ class Pipe:
             headers.append((b"cache-control", b"no-cache"))
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
         sniffer = UsageSniffer(wire.apply_usage, ex.usage) if streaming else None
+        stripper = UsageChunkStripper() if streaming and self.strip_usage else None
         kept: list[bytes] | None = None if streaming else []
         kept_size = 0
         last = previous = b""
@@ -213,6 +222,11 @@ class Pipe:
                         if kept_size > MAX_USAGE_BODY:
                             kept = None
                     previous, last = last, chunk
+                    if stripper is not None:
+                        chunk = stripper.feed(chunk)
+                        if not chunk:
+                            timer.reschedule(min(loop.time() + idle, deadline))
+                            continue
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                     timer.reschedule(min(loop.time() + idle, deadline))
         except TimeoutError:
@@ -229,6 +243,8 @@ class Pipe:
                 return
         if kept:
             wire.apply_usage(b"".join(kept), ex.usage)
+        if stripper is not None and (rest := stripper.close()):
+            await send({"type": "http.response.body", "body": rest, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _fail(self, err: GatewayError, streaming: bool) -> None:

@@ -103,3 +103,78 @@ def _parse_block(block: bytes, out: list[tuple[bytes, bytes]]) -> None:
             name = line[6:].strip()
     if data or name:
         out.append((name, b"\n".join(data)))
+
+
+_EMPTY_CHOICES = (b'"choices":[]', b'"choices": []')
+_CONTENT_CHOICES = (b'"choices":[{', b'"choices": [{')
+
+
+def _usage_only(line: bytes) -> bool:
+    return line.startswith(b"data:") and (_EMPTY_CHOICES[0] in line or _EMPTY_CHOICES[1] in line) \
+        and carries_usage_object(line)
+
+
+class UsageChunkStripper:
+    """Drops OpenAI's usage-only chunk (``"choices":[]`` with a usage object) from a pass-through
+    stream whose client did not ask for usage, when the gateway asked the upstream for it (P12).
+
+    Whatever the chunk boundaries: complete lines are passed on at once (a substring search per
+    chunk; only a block holding ``"choices":[]`` is split into lines). A trailing partial line is
+    held back until its end arrives — unless it already shows it is a content chunk
+    (``"choices":[{``) or no ``data:`` line, then it goes on at once and the rest of that line follows
+    unexamined."""
+
+    __slots__ = ("_open", "_skip_blank", "_tail")
+
+    def __init__(self) -> None:
+        self._tail = b""
+        self._open = False  # the current line was partly sent: pass on up to its end
+        self._skip_blank = False  # a dropped event's blank line has not arrived yet
+
+    def feed(self, chunk: bytes) -> bytes:
+        head = b""
+        if self._open:
+            end = chunk.find(b"\n")
+            if end < 0:
+                return chunk
+            self._open = False
+            head, chunk = chunk[:end + 1], chunk[end + 1:]
+        data = self._tail + chunk if self._tail else chunk
+        if self._skip_blank and data:
+            self._skip_blank = False
+            if data.startswith(b"\n"):
+                data = data[1:]
+            elif data.startswith(b"\r\n"):
+                data = data[2:]
+            elif data == b"\r":
+                self._skip_blank, data = True, b""
+        cut = data.rfind(b"\n") + 1
+        body, tail = data[:cut], data[cut:]
+        if body and (_EMPTY_CHOICES[0] in body or _EMPTY_CHOICES[1] in body):
+            body = self._drop(body)
+        if tail and (b"data:"[:len(tail)] != tail[:5] or _CONTENT_CHOICES[0] in tail
+                     or _CONTENT_CHOICES[1] in tail):
+            body, tail, self._open = body + tail, b"", True
+        self._tail = tail if len(tail) <= _MAX_LINE else b""
+        return head + body if head else body
+
+    def close(self) -> bytes:
+        """What was held back when the stream ended (a last line without its newline)."""
+        tail, self._tail = self._tail, b""
+        return b"" if _usage_only(tail) else tail
+
+    def _drop(self, block: bytes) -> bytes:
+        lines = block.split(b"\n")  # the block ends with a newline: the last item is empty
+        out: list[bytes] = []
+        skip = False
+        for line in lines[:-1]:
+            if skip:
+                skip = False
+                if line == b"" or line == b"\r":
+                    continue
+            if _usage_only(line):
+                skip = True
+                continue
+            out.append(line)
+        self._skip_blank = skip  # the blank line that ends the dropped event is in the next chunk
+        return b"\n".join(out) + b"\n" if out else b""

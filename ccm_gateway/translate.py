@@ -134,7 +134,7 @@ class Translated:
     async def _json(self, send: Send, resp: UpstreamResponse, deadline: float) -> None:
         canonical = await self._read_response(resp, deadline)
         if canonical.usage is not None:
-            for name in ("input", "output", "cache_read", "cache_write", "reasoning", "reported"):
+            for name in ("input", "output", "cache_read", "cache_write", "cache_write_1h", "reasoning", "reported"):
                 setattr(self.ex.usage, name, getattr(canonical.usage, name))
         model = self.ex.model or self.model
         if self.ex.dialect is Dialect.ANTHROPIC_MESSAGES:

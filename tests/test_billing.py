@@ -52,7 +52,9 @@ def billing_config(upstream_url: str, ledger: Path, racer_budget: float = 100.0)
         {"name": "racer", "key": RACER, "budget_usd": racer_budget, "budget_period": "30d"},
     ]
     config["billing"] = {"teams": {"frugal": {"budget_usd": 0.0}}}
-    config["pricing"] = {"models": PRICES}
+    # An OpenAI provider whose streams the gateway may not ask for usage (stream_options refused).
+    config["providers"]["oai-plain"] = {**config["providers"]["oai"], "stream_options": False}
+    config["pricing"] = {"models": {**PRICES, "oai-plain/*": PRICES["oai/*"]}}
     config["ledger"] = {"path": str(ledger), "flush_ms": 5}
     return config
 
@@ -139,12 +141,21 @@ def test_unknown_model_is_recorded_with_cost_unknown(billed: Billed) -> None:
 
 
 def test_stream_without_usage_is_counted_locally_and_marked_estimated(billed: Billed) -> None:
-    r = call(billed, "openai", "oai/gpt-x+text=twenty%20characters%21", True)  # no include_usage: no usage chunk
+    # No include_usage from the client, and a provider the gateway may not ask for it: no usage chunk.
+    r = call(billed, "openai", "oai-plain/gpt-x+text=twenty%20characters%21", True)
     assert r.status_code == 200
     record = billed.final(r.headers["x-request-id"])
     assert record["estimated"] == "input,cache_read,cache_write,output,reasoning"
     assert record["output_tokens"] == 5  # "twenty characters!" is 18 characters → 5 tokens at 4 characters each
     assert record["cost_usd"] == pytest.approx(1e-6 * (record["input_tokens"] * 2.0 + 5 * 8.0))
+
+
+def test_stream_without_include_usage_is_billed_the_providers_usage(billed: Billed) -> None:
+    """The client did not ask for usage; the gateway did (P12): reported numbers, nothing estimated."""
+    r = call(billed, "openai", "oai/m+script=oai_reasoning_tool", True)
+    assert r.status_code == 200 and '"usage":{' not in r.text
+    record = billed.final(r.headers["x-request-id"])
+    assert record["estimated"] == "" and record["cost_usd"] == pytest.approx(OAI_COST, rel=1e-9)
 
 
 @pytest.mark.parametrize(("client", "status", "kind"), [("openai", 429, "insufficient_quota"),

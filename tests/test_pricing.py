@@ -13,7 +13,8 @@ from ccm_gateway import load_config
 from ccm_gateway.billing.cost import cost_of
 from ccm_gateway.billing.pricing import PriceError, PriceTable, load_price_file
 from ccm_gateway.config import ConfigError
-from ccm_gateway.dialects import anthropic_messages, gemini, openai_chat
+from ccm_gateway.dialects import anthropic_messages, anthropic_stream, gemini, openai_chat
+from ccm_gateway.dialects.canonical import Names, UsageEv
 from ccm_gateway.exchange import Usage
 from ccm_gateway.streaming import UsageSniffer
 
@@ -136,12 +137,47 @@ def test_anthropic_long_context_tier_counts_the_cache_in_the_prompt() -> None:
 
 
 def test_anthropic_one_hour_cache_writes_use_their_rate_when_known() -> None:
-    class SplitUsage(Usage):
-        __slots__ = ("cache_write_1h",)
-
-    usage = SplitUsage()
+    usage = Usage()
     usage.cache_write, usage.cache_write_1h, usage.output = 1000, 400, 10
     assert cost(usage, "claude-haiku-4-5") == pytest.approx(1e-6 * (600 * 1.25 + 400 * 2.0 + 10 * 5.0))
+
+
+ANT_SPLIT = {**ANT_USAGE, "cache_creation_input_tokens": 3000,
+             "cache_creation": {"ephemeral_5m_input_tokens": 1000, "ephemeral_1h_input_tokens": 2000}}
+# claude-sonnet-4-5: cache write 5m 3.75, 1h 6.0 — 1000 written for 5 minutes, 2000 for an hour
+ANT_SPLIT_COST = 1e-6 * (100 * 3 + 5000 * 0.30 + 1000 * 3.75 + 2000 * 6.0 + 400 * 15)
+
+
+def test_anthropic_json_prices_one_hour_cache_writes_at_their_rate() -> None:
+    usage = Usage()
+    anthropic_messages.apply_usage(enc({"type": "message", "usage": ANT_SPLIT}), usage)
+    assert (usage.cache_write, usage.cache_write_1h) == (3000, 2000)
+    assert cost(usage, "claude-sonnet-4-5") == pytest.approx(ANT_SPLIT_COST)
+    assert abs(ANT_SPLIT_COST - 0.02355) < 1e-12  # not 0.01905: all 3000 at the 5-minute rate
+
+
+@pytest.mark.parametrize("path", ["pass-through", "translated"])
+def test_anthropic_stream_keeps_the_one_hour_split(path: str) -> None:
+    start = {"type": "message_start", "message": {"id": "m", "type": "message", "role": "assistant", "model": "x",
+                                                  "content": [], "usage": {**ANT_SPLIT, "output_tokens": 1}}}
+    delta = {"type": "message_delta", "delta": {"stop_reason": "end_turn"},  # no split repeated here
+             "usage": {**ANT_USAGE, "cache_creation_input_tokens": 3000}}
+    stream = [b"event: message_start\ndata: " + enc(start) + b"\n\n",
+              b"event: message_delta\ndata: " + enc(delta) + b"\n\n",
+              b'event: message_stop\ndata: {"type":"message_stop"}\n\n']
+    usage = Usage()
+    if path == "pass-through":
+        sniffer = UsageSniffer(anthropic_messages.apply_usage, usage)
+        for chunk in stream:
+            sniffer.feed(chunk)
+    else:
+        decoder = anthropic_stream.StreamDecoder(Names())
+        events = [ev for chunk in stream for ev in decoder.feed(chunk)] + decoder.close()
+        for ev in events:
+            if isinstance(ev, UsageEv):
+                ev.apply(usage)
+    assert (usage.cache_write, usage.cache_write_1h, usage.output) == (3000, 2000, 400)
+    assert cost(usage, "claude-sonnet-4-5") == pytest.approx(ANT_SPLIT_COST)
 
 
 # --- Gemini: promptTokenCount includes cached content; thoughts are output ---------------------------

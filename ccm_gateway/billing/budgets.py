@@ -5,21 +5,30 @@ Before the upstream call a request reserves its estimated cost on every budget l
 on all of them at once. When the request ends the reservation is replaced by the actual cost. So
 concurrent requests can overrun a budget only by what actual costs exceed their reservations.
 
-``BudgetStore`` is the seam for a shared store (Redis, PostgreSQL) when several instances run; the
-in-memory store here is exact within one process. The state backends of ``ccm_gateway.state`` keep
-GCRA meters (a rolling rate), not calendar windows with reservations, so budgets keep their own
-small interface.
+``BudgetStore`` is the seam: ``MemoryBudgetStore`` is exact within one process;
+``billing/redis_budgets.py`` ``RedisBudgetStore`` shares the budgets of every instance through Redis
+(selected by ``[state] backend = "redis"``), always behind ``FailoverBudgetStore``: while Redis fails,
+each instance enforces budget ÷ ``state.instances`` in memory. The state backends of
+``ccm_gateway.state`` keep GCRA meters (a rolling rate), not calendar windows with reservations, so
+budgets keep their own small interface.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from ..config import StateConfig
+
+log = logging.getLogger("ccm_gateway.billing")
 
 _PERIOD = re.compile(r"(\d+)([hd])")
 MONTH = ("month", "calendar_month", "1mo")
@@ -74,6 +83,7 @@ class Decision(NamedTuple):
     allowed: bool
     remaining: tuple[float, ...]  # per line, before this request: limit − spent − reserved
     refused_by: str | None = None
+    source: str = "memory"  # which store decided ("memory", "redis", "fallback"): settle goes back to it
 
 
 @dataclass(slots=True)
@@ -91,8 +101,9 @@ class BudgetStore(ABC):
         """Reserve ``amount`` USD on every line, or on none of them."""
 
     @abstractmethod
-    async def settle(self, lines: Sequence[Line], reserved: float, actual: float) -> None:
-        """Release ``reserved`` and charge ``actual`` (never refused: the spend happened)."""
+    async def settle(self, lines: Sequence[Line], reserved: float, actual: float, source: str = "memory") -> None:
+        """Release ``reserved`` and charge ``actual`` (never refused: the spend happened) on the store
+        that took the reservation (``Decision.source``)."""
 
     @abstractmethod
     def seed(self, subject: str, window: str, spent: float) -> None:
@@ -116,6 +127,9 @@ class MemoryBudgetStore(BudgetStore):
         return acct
 
     async def reserve(self, lines: Sequence[Line], amount: float) -> Decision:
+        return self.reserve_now(lines, amount)
+
+    def reserve_now(self, lines: Sequence[Line], amount: float) -> Decision:
         accounts = [self._account(line) for line in lines]
         remaining = tuple(line.limit - a.spent - a.reserved for line, a in zip(lines, accounts, strict=True))
         for line, left in zip(lines, remaining, strict=True):
@@ -125,7 +139,10 @@ class MemoryBudgetStore(BudgetStore):
             acct.reserved += amount
         return Decision(True, remaining)
 
-    async def settle(self, lines: Sequence[Line], reserved: float, actual: float) -> None:
+    async def settle(self, lines: Sequence[Line], reserved: float, actual: float, source: str = "memory") -> None:
+        self.settle_now(lines, reserved, actual)
+
+    def settle_now(self, lines: Sequence[Line], reserved: float, actual: float) -> None:
         for line in lines:
             acct = self.accounts.get(line.subject)
             if acct is None or acct.window != line.window:
@@ -135,3 +152,104 @@ class MemoryBudgetStore(BudgetStore):
 
     def seed(self, subject: str, window: str, spent: float) -> None:
         self.accounts[subject] = _Account(window, spent)
+
+
+MAX_PENDING = 10_000  # settlements kept while the shared store is unreachable
+
+
+class FailoverBudgetStore(BudgetStore):
+    """A shared store (Redis) with a local fallback, like ``state.FailoverBackend``: while the shared
+    store errors or takes longer than ``timeout``, reservations are decided in memory at each limit ÷
+    ``instances`` (this instance's share of the budget), and the shared store is tried again after
+    ``recheck`` seconds. A budget decision never becomes a 5xx because Redis is down. A settlement
+    the shared store could not take is kept (up to ``MAX_PENDING``) and replayed after the next
+    successful call, so a reservation does not stay counted until its window ends.
+
+    Seeds (the ledger's spend at start-up) go to the local store only: the shared store keeps its own
+    totals, and this instance's ledger knows only this instance's spend."""
+
+    def __init__(self, primary: BudgetStore, *, instances: int = 1, timeout: float = 0.05, recheck: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.primary = primary
+        self.fallback = MemoryBudgetStore()
+        self.share = 1.0 / instances
+        self.timeout = timeout
+        self.recheck = recheck
+        self.clock = clock
+        self.down_until = 0.0
+        self.degraded = False
+        self.metrics = {"budget_store_errors_total": 0, "budget_fallback_decisions_total": 0}
+        self.pending: list[tuple[Sequence[Line], float, float]] = []  # settlements Redis did not take
+        self._replay: asyncio.Task[None] | None = None
+
+    async def reserve(self, lines: Sequence[Line], amount: float) -> Decision:
+        if not self.degraded or self.clock() >= self.down_until:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    decision = await self.primary.reserve(lines, amount)
+            except Exception as exc:  # any Redis trouble: decide locally instead
+                self._failed(exc)
+            else:
+                if self.degraded:
+                    self.degraded = False
+                    log.warning("budget store is back: budgets are shared again")
+                if self.pending and self._replay is None:
+                    self._replay = asyncio.get_running_loop().create_task(self._settle_pending())
+                return decision
+        self.metrics["budget_fallback_decisions_total"] += 1
+        return self.fallback.reserve_now(self._local(lines), amount)._replace(source="fallback")
+
+    async def settle(self, lines: Sequence[Line], reserved: float, actual: float, source: str = "memory") -> None:
+        if source != "redis":
+            self.fallback.settle_now(self._local(lines), reserved, actual)
+            return
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self.primary.settle(lines, reserved, actual, source)
+        except Exception as exc:  # kept, and replayed once the shared store answers again
+            self._failed(exc)
+            if len(self.pending) < MAX_PENDING:
+                self.pending.append((lines, reserved, actual))
+
+    async def _settle_pending(self) -> None:
+        try:
+            while self.pending:
+                lines, reserved, actual = self.pending[0]
+                async with asyncio.timeout(self.timeout):
+                    await self.primary.settle(lines, reserved, actual, "redis")
+                self.pending.pop(0)
+        except Exception as exc:  # still failing: the rest waits for the next successful call
+            self._failed(exc)
+        finally:
+            self._replay = None
+
+    def seed(self, subject: str, window: str, spent: float) -> None:
+        self.fallback.seed(subject, window, spent)
+
+    async def close(self) -> None:
+        if self._replay is not None:
+            await asyncio.wait([self._replay], timeout=self.timeout * 2)
+        await self.primary.close()
+
+    def _failed(self, exc: Exception) -> None:
+        self.metrics["budget_store_errors_total"] += 1
+        self.down_until = self.clock() + self.recheck
+        if not self.degraded:
+            self.degraded = True
+            log.warning("budget store unavailable (%s): budgets are enforced per instance at 1/%d of each budget",
+                        type(exc).__name__, round(1 / self.share))
+
+    def _local(self, lines: Sequence[Line]) -> list[Line]:
+        return [line._replace(limit=line.limit * self.share) for line in lines]
+
+
+def budget_store_from_config(config: StateConfig) -> BudgetStore:
+    """In memory, or shared through Redis (behind its local fallback) when ``[state] backend = "redis"``."""
+    if config.backend != "redis":
+        return MemoryBudgetStore()
+    from .redis_budgets import RedisBudgetStore  # imports redis only when it is used
+
+    assert config.url is not None  # load_config checks it
+    timeout = config.timeout_ms / 1000
+    return FailoverBudgetStore(RedisBudgetStore(config.url.reveal(), timeout), instances=config.instances,
+                               timeout=timeout, recheck=config.recheck_ms / 1000)

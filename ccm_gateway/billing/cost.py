@@ -34,12 +34,12 @@ def cost_of(usage: Usage, price: Price | None) -> Cost | None:
     if price is None:
         return None
     rates = price.rates_for(usage.prompt_total)
-    write_1h = min(max(getattr(usage, "cache_write_1h", 0) or 0, 0), usage.cache_write)  # seam: 1h TTL split
+    write_1h = min(max(usage.cache_write_1h, 0), max(usage.cache_write, 0))  # Anthropic's 1-hour TTL writes
     reasoning = min(max(usage.reasoning, 0), max(usage.output, 0))
     return Cost(
         input=max(usage.input, 0) * rates.input,
         cache_read=max(usage.cache_read, 0) * rates.cache_read,
-        cache_write=(usage.cache_write - write_1h) * rates.cache_write_5m + write_1h * rates.cache_write_1h,
+        cache_write=(max(usage.cache_write, 0) - write_1h) * rates.cache_write_5m + write_1h * rates.cache_write_1h,
         output=(max(usage.output, 0) - reasoning) * rates.output,
         reasoning=reasoning * rates.reasoning,
         tier="base" if rates is price.base else "long_context",

@@ -20,7 +20,7 @@ from ..config import Config
 from ..dialects.head import integer
 from ..errors import BudgetExceeded, GatewayError, PermissionDenied, ServiceUnavailable
 from ..exchange import USAGE_FIELDS, Exchange
-from .budgets import BudgetStore, Line, MemoryBudgetStore, Period
+from .budgets import BudgetStore, Line, Period, budget_store_from_config
 from .cost import Cost, cost_of, estimate_cost
 from .estimate import OutputCounter, prompt_estimate
 from .ledger import ALL_ESTIMATED, Ledger, LedgerUnavailable, Record
@@ -35,7 +35,7 @@ class Hold:
     """One request's reservation and what the final record needs from before the call."""
 
     __slots__ = ("amount", "cost", "finished", "key", "lines", "mono", "output_allowance", "price", "prompt",
-                 "remaining", "streaming", "team", "ts", "uid", "unpriced")
+                 "remaining", "source", "streaming", "team", "ts", "uid", "unpriced")
 
     def __init__(self, key: str, team: str | None) -> None:
         self.uid = os.urandom(12).hex()  # the ledger's key: client-chosen request ids may repeat
@@ -49,6 +49,7 @@ class Hold:
         self.output_allowance = 0
         self.amount = 0.0
         self.remaining: float | None = None  # the tightest line's room before this request
+        self.source = "memory"  # the budget store that took the reservation (settled there too)
         self.streaming = False
         self.finished = False
         self.cost: Cost | None = None
@@ -61,7 +62,7 @@ class Meter:
         self.billing = config.billing
         self.prices = PriceTable(config.pricing.models)
         self.route_price = route_price or (lambda name: self.prices.lookup(None, name))
-        self.budgets = budgets or MemoryBudgetStore()
+        self.budgets = budgets or budget_store_from_config(config.state)  # shared through Redis, or in memory
         self.ledger = ledger if ledger is not None else _ledger_from(config)
         self.unpriced: Counter[str] = Counter()  # deployments billed with cost null
         self._periods: dict[str, Period] = {}
@@ -146,6 +147,7 @@ class Meter:
         if hold.lines:
             decision = await self.budgets.reserve(hold.lines, hold.amount)
             hold.remaining = min(decision.remaining)
+            hold.source = decision.source
             if not decision.allowed:
                 line = next(li for li in hold.lines if li.subject == decision.refused_by)
                 left = max(min(decision.remaining), 0.0)
@@ -164,7 +166,7 @@ class Meter:
         except BaseException as exc:  # the ledger failed, or the client left while we waited for it
             self.ledger.add(self._record(ex, hold, "final", outcome="no_upstream"))  # nothing to recover
             if hold.lines:
-                await asyncio.shield(self.budgets.settle(hold.lines, hold.amount, 0.0))
+                await asyncio.shield(self.budgets.settle(hold.lines, hold.amount, 0.0, hold.source))
             if isinstance(exc, LedgerUnavailable):
                 raise ServiceUnavailable("the usage ledger is unavailable; the request was not sent") from None
             raise
@@ -182,6 +184,7 @@ class Meter:
         if outcome == "no_upstream" or (outcome == "error" and not usage.reported):
             for name in USAGE_FIELDS:
                 setattr(usage, name, 0)
+            usage.cache_write_1h = 0
             hold.cost = cost_of(usage, self.prices.for_deployment(ex.deployment) or hold.price)
             return outcome
         estimated: list[str] = []
@@ -212,7 +215,7 @@ class Meter:
             if self.ledger is not None:
                 self.ledger.add(self._record(ex, hold, "final", outcome=outcome))
             if hold.lines:
-                await asyncio.shield(self.budgets.settle(hold.lines, hold.amount, ex.cost or 0.0))
+                await asyncio.shield(self.budgets.settle(hold.lines, hold.amount, ex.cost or 0.0, hold.source))
         except Exception:
             log.exception("billing could not settle request %s", ex.request_id)
 

@@ -67,12 +67,20 @@ class OutputDetails(Struct):
     thinking_tokens: int | None = None
 
 
+class CacheCreation(Struct):
+    """The cache writes split by TTL (newer responses); their sum is ``cache_creation_input_tokens``."""
+
+    ephemeral_5m_input_tokens: int | None = None
+    ephemeral_1h_input_tokens: int | None = None
+
+
 class WireUsage(Struct):
     """Anthropic's usage object as it appears in responses, message_start and message_delta."""
 
     input_tokens: int | None = None
     output_tokens: int | None = None
     cache_creation_input_tokens: int | None = None
+    cache_creation: CacheCreation | None = None
     cache_read_input_tokens: int | None = None
     output_tokens_details: OutputDetails | None = None
 
@@ -111,6 +119,11 @@ def fill_usage(u: WireUsage, usage: Usage) -> None:
         usage.cache_read = u.cache_read_input_tokens
     if u.cache_creation_input_tokens is not None:
         usage.cache_write = u.cache_creation_input_tokens
+    split = u.cache_creation
+    if split is not None and split.ephemeral_1h_input_tokens is not None:
+        usage.cache_write_1h = split.ephemeral_1h_input_tokens  # the rest of cache_write is the 5-minute TTL
+        if u.cache_creation_input_tokens is None:  # only the split was sent
+            usage.cache_write = (split.ephemeral_5m_input_tokens or 0) + split.ephemeral_1h_input_tokens
     if u.output_tokens is not None:
         usage.output = u.output_tokens
     if u.output_tokens_details and u.output_tokens_details.thinking_tokens is not None:

@@ -194,7 +194,8 @@ def _usage_ev(u: WireUsage) -> c.UsageEv:
     details = u.output_tokens_details
     return c.UsageEv(input=u.input_tokens, output=u.output_tokens, cache_read=u.cache_read_input_tokens,
                      cache_write=u.cache_creation_input_tokens,
-                     reasoning=details.thinking_tokens if details else None)
+                     reasoning=details.thinking_tokens if details else None,
+                     cache_write_1h=u.cache_creation.ephemeral_1h_input_tokens if u.cache_creation else None)
 
 
 class StreamDecoder(c.SSEDecoder):

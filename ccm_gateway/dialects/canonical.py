@@ -180,18 +180,20 @@ class Finish(Ev):
 class UsageEv(Ev):
     """Usage seen so far; None fields are unknown (merge, do not overwrite with them)."""
 
-    __slots__ = ("cache_read", "cache_write", "input", "output", "reasoning")
+    __slots__ = ("cache_read", "cache_write", "cache_write_1h", "input", "output", "reasoning")
 
     def __init__(self, input: int | None = None, output: int | None = None, cache_read: int | None = None,
-                 cache_write: int | None = None, reasoning: int | None = None) -> None:
+                 cache_write: int | None = None, reasoning: int | None = None,
+                 cache_write_1h: int | None = None) -> None:
         self.input = input
         self.output = output
         self.cache_read = cache_read
         self.cache_write = cache_write
         self.reasoning = reasoning
+        self.cache_write_1h = cache_write_1h  # ⊂ cache_write: Anthropic's 1-hour TTL writes
 
     def apply(self, usage: Usage) -> None:
-        for name in ("input", "output", "cache_read", "cache_write", "reasoning"):
+        for name in ("input", "output", "cache_read", "cache_write", "reasoning", "cache_write_1h"):
             value = getattr(self, name)
             if value is not None:
                 setattr(usage, name, value)
@@ -347,7 +349,7 @@ def response_events(resp: Response) -> list[Ev]:
     out.append(Finish(resp.stop_reason, resp.stop_sequence))
     u = resp.usage
     if u is not None and u.reported:
-        out.append(UsageEv(u.input, u.output, u.cache_read, u.cache_write, u.reasoning))
+        out.append(UsageEv(u.input, u.output, u.cache_read, u.cache_write, u.reasoning, u.cache_write_1h))
     return out
 
 

@@ -31,12 +31,15 @@ class RequestHead:
         self.model = model
         self.stream = stream
 
-    def body_for(self, model: str, original: bytes) -> bytes:
-        """The request bytes with the model name replaced (the original bytes when unchanged)."""
-        if model == self.model:
+    def body_for(self, model: str, original: bytes, replace: dict[str, Raw] | None = None) -> bytes:
+        """The request bytes with the model name (and the ``replace`` fields, raw JSON) replaced; the
+        original bytes when nothing changes."""
+        if model == self.model and not replace:
             return original
         fields = dict(self.fields)
         fields["model"] = Raw(_encode(model))
+        if replace:
+            fields.update(replace)
         return _encode(fields)
 
 

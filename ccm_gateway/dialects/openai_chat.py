@@ -25,6 +25,22 @@ def parse_head(body: bytes) -> head.RequestHead:
     return head.RequestHead(fields, model, stream)
 
 
+_OPTIONS = msgspec.json.Decoder(dict)
+
+
+def forced_usage(fields: dict[str, msgspec.Raw]) -> dict[str, msgspec.Raw] | None:
+    """For a stream whose client did not ask for usage (no ``stream_options.include_usage``, or an
+    explicit false): the ``stream_options`` field that asks the upstream for it (the client's other
+    options kept). None when the client asked itself. The caller then strips the usage-only chunk
+    from what the client receives (PROTOCOLS.md §5 P12)."""
+    raw = fields.get("stream_options")
+    options = {} if raw is None or bytes(raw) == b"null" else _OPTIONS.decode(raw)  # parse_head checked: an object
+    if options.get("include_usage") is True:
+        return None
+    options["include_usage"] = True
+    return {"stream_options": msgspec.Raw(_encode(options))}
+
+
 class _ErrorDetail(Struct, omit_defaults=False):
     message: str
     type: str

@@ -1,7 +1,8 @@
 """Counters shared by the stages: in memory (default) or in Redis (shared across instances).
 
-Rate limits use them now; budgets and circuit-breaker state are meant to live here too (see
-``base.py`` for how those map onto the two meter kinds).
+Rate limits use them now; circuit-breaker state is meant to live here too (see ``base.py``).
+Budgets use the same ``[state]`` settings (Redis URL, timeout, instances, recheck) but keep their
+own store with calendar windows and reservations (``billing/redis_budgets.py``).
 """
 
 from __future__ import annotations
