@@ -16,7 +16,6 @@ budgets keep their own small interface.
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import time
 from abc import ABC, abstractmethod
@@ -25,10 +24,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, NamedTuple
 
+from ..state.failover import SharedStoreHealth
+
 if TYPE_CHECKING:
     from ..config import StateConfig
-
-log = logging.getLogger("ccm_gateway.billing")
 
 _PERIOD = re.compile(r"(\d+)([hd])")
 MONTH = ("month", "calendar_month", "1mo")
@@ -174,25 +173,20 @@ class FailoverBudgetStore(BudgetStore):
         self.fallback = MemoryBudgetStore()
         self.share = 1.0 / instances
         self.timeout = timeout
-        self.recheck = recheck
-        self.clock = clock
-        self.down_until = 0.0
-        self.degraded = False
         self.metrics = {"budget_store_errors_total": 0, "budget_fallback_decisions_total": 0}
+        self.health = SharedStoreHealth("budget store", clock, recheck, self.metrics, "budget_store_errors_total")
         self.pending: list[tuple[Sequence[Line], float, float]] = []  # settlements Redis did not take
         self._replay: asyncio.Task[None] | None = None
 
     async def reserve(self, lines: Sequence[Line], amount: float) -> Decision:
-        if not self.degraded or self.clock() >= self.down_until:
+        if self.health.usable():
             try:
                 async with asyncio.timeout(self.timeout):
                     decision = await self.primary.reserve(lines, amount)
             except Exception as exc:  # any Redis trouble: decide locally instead
                 self._failed(exc)
             else:
-                if self.degraded:
-                    self.degraded = False
-                    log.warning("budget store is back: budgets are shared again")
+                self.health.succeeded("budgets are shared again")
                 if self.pending and self._replay is None:
                     self._replay = asyncio.get_running_loop().create_task(self._settle_pending())
                 return decision
@@ -231,13 +225,12 @@ class FailoverBudgetStore(BudgetStore):
             await asyncio.wait([self._replay], timeout=self.timeout * 2)
         await self.primary.close()
 
+    @property
+    def degraded(self) -> bool:
+        return self.health.degraded
+
     def _failed(self, exc: Exception) -> None:
-        self.metrics["budget_store_errors_total"] += 1
-        self.down_until = self.clock() + self.recheck
-        if not self.degraded:
-            self.degraded = True
-            log.warning("budget store unavailable (%s): budgets are enforced per instance at 1/%d of each budget",
-                        type(exc).__name__, round(1 / self.share))
+        self.health.failed(exc, f"budgets are enforced per instance at 1/{round(1 / self.share)} of each budget")
 
     def _local(self, lines: Sequence[Line]) -> list[Line]:
         return [line._replace(limit=line.limit * self.share) for line in lines]

@@ -19,6 +19,38 @@ from .memory import Clock, MemoryBackend
 log = logging.getLogger("ccm_gateway.state")
 
 
+class SharedStoreHealth:
+    """Whether a shared store (Redis) may be asked now: after a failure it is skipped for ``recheck``
+    seconds, and each change of state — not each request — is logged once. Shared by the rate-limit
+    and the budget failovers."""
+
+    __slots__ = ("_clock", "_errors", "_metrics", "_recheck", "_what", "degraded", "down_until")
+
+    def __init__(self, what: str, clock: Clock, recheck: float, metrics: dict[str, int], errors_metric: str) -> None:
+        self._what = what
+        self._clock = clock
+        self._recheck = recheck
+        self._metrics = metrics
+        self._errors = errors_metric
+        self.degraded = False
+        self.down_until = 0.0
+
+    def usable(self) -> bool:
+        return not self.degraded or self._clock() >= self.down_until
+
+    def failed(self, exc: Exception, consequence: str) -> None:
+        self._metrics[self._errors] += 1
+        self.down_until = self._clock() + self._recheck
+        if not self.degraded:
+            self.degraded = True
+            log.warning("%s unavailable (%s): %s", self._what, type(exc).__name__, consequence)
+
+    def succeeded(self, consequence: str) -> None:
+        if self.degraded:
+            self.degraded = False
+            log.warning("%s is back: %s", self._what, consequence)
+
+
 class FailoverBackend(StateBackend):
     name = "failover"
 
@@ -35,23 +67,23 @@ class FailoverBackend(StateBackend):
         self.fallback = MemoryBackend(clock)
         self.share = 1.0 / instances
         self.timeout = timeout
-        self.recheck = recheck
-        self.clock = clock
-        self.down_until = 0.0
-        self.degraded = False
         self.metrics = {"state_backend_errors_total": 0, "state_fallback_decisions_total": 0}
+        self.health = SharedStoreHealth(f"state backend {primary.name}", clock, recheck, self.metrics,
+                                        "state_backend_errors_total")
+
+    @property
+    def degraded(self) -> bool:
+        return self.health.degraded
 
     async def admit(self, rates: Sequence[Rate], slots: Sequence[Slots], ttl: float) -> Admission:
-        if not self.degraded or self.clock() >= self.down_until:
+        if self.health.usable():
             try:
                 async with asyncio.timeout(self.timeout):
                     admission = await self.primary.admit(rates, slots, ttl)
             except Exception as exc:  # any Redis trouble: decide locally instead
                 self._failed(exc)
             else:
-                if self.degraded:
-                    self.degraded = False
-                    log.warning("state backend %s is back: limits are shared again", self.primary.name)
+                self.health.succeeded("limits are shared again")
                 return admission
         self.metrics["state_fallback_decisions_total"] += 1
         admission = self.fallback.admit_now(self._local(rates), self._local_slots(slots), ttl)
@@ -71,14 +103,7 @@ class FailoverBackend(StateBackend):
         await self.primary.close()
 
     def _failed(self, exc: Exception) -> None:
-        self.metrics["state_backend_errors_total"] += 1
-        self.down_until = self.clock() + self.recheck
-        if not self.degraded:
-            self.degraded = True
-            log.warning(
-                "state backend %s unavailable (%s): limits are enforced per instance at 1/%d of each limit",
-                self.primary.name, type(exc).__name__, round(1 / self.share),
-            )
+        self.health.failed(exc, f"limits are enforced per instance at 1/{round(1 / self.share)} of each limit")
 
     def _local(self, rates: Sequence[Rate]) -> list[Rate]:
         return [r.scaled(self.share) for r in rates]
