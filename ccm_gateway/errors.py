@@ -86,20 +86,24 @@ class RateLimited(GatewayError):
     openai_code = "rate_limit_exceeded"
 
 
-class BudgetExceeded(GatewayError):
-    """A key's or team's budget cannot cover the request: each protocol's own "out of credit"
-    answer (Anthropic 402 ``billing_error``, OpenAI 429 ``insufficient_quota``), never retried."""
+class BillingError(GatewayError):
+    """Out of credit, in each protocol's own words: Anthropic 402 ``billing_error``, OpenAI 429
+    ``insufficient_quota`` (an upstream's, translated, or the gateway's own budget)."""
 
     status = 402
     anthropic_type = "billing_error"
     openai_type = "insufficient_quota"
     openai_code = "insufficient_quota"
 
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message, headers={**(headers or {}), "x-should-retry": "false"})
-
     def status_for(self, dialect: Dialect) -> int:
         return 402 if dialect is Dialect.ANTHROPIC_MESSAGES else 429
+
+
+class BudgetExceeded(BillingError):
+    """A key's or team's budget cannot cover the request; clients must not retry it."""
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, headers={**(headers or {}), "x-should-retry": "false"})
 
 
 class UpstreamError(GatewayError):

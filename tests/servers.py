@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import subprocess
+import sys
 import threading
+from pathlib import Path
 from typing import Any
 
+import httpx
 from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 
@@ -75,3 +80,28 @@ class ServerThread:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def start_gateway_process(
+    *args: str, env: dict[str, str] | None = None, cwd: str | Path | None = None, output: bool = True
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``python -m ccm_gateway serve --port <free> *args`` as users run it, once /health answers.
+    Provider keys and ``CCM_*`` overrides of the test run's own environment are not passed on."""
+    port = free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and not k.startswith("CCM_")}
+    sink = subprocess.PIPE if output else subprocess.DEVNULL
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ccm_gateway", "serve", "--port", str(port), *args], env={**clean, **(env or {})},
+        cwd=cwd, stdout=sink, stderr=subprocess.STDOUT if output else subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(200):  # up to ~20 s for the interpreter and hypercorn to come up
+        if proc.poll() is not None:
+            raise AssertionError(proc.stdout.read().decode() if proc.stdout else "gateway exited")
+        try:
+            if httpx.get(base + "/health", timeout=0.5).status_code == 200:
+                return proc, base
+        except httpx.TransportError:
+            threading.Event().wait(0.1)
+    proc.kill()
+    raise AssertionError("gateway did not come up")

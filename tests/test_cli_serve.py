@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,28 +13,11 @@ import pytest
 
 from ccm_gateway.mock import MockUpstream
 
-from .servers import free_port
+from .servers import start_gateway_process
 
 
 def start_gateway(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    clean_env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and not k.startswith("CCM_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ccm_gateway", "serve", "--port", str(port), *args],
-        env={**clean_env, **(env or {})}, cwd=tempfile.mkdtemp(prefix="ccm-serve-"),  # the ledger file lands there
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(200):  # up to ~20 s for the interpreter and hypercorn to come up
-        if proc.poll() is not None:
-            raise AssertionError(proc.stdout.read().decode() if proc.stdout else "gateway exited")
-        try:
-            if httpx.get(base + "/health", timeout=0.5).status_code == 200:
-                return proc, base
-        except httpx.TransportError:
-            threading.Event().wait(0.1)
-    proc.kill()
-    raise AssertionError("gateway did not come up")
+    return start_gateway_process(*args, env=env, cwd=tempfile.mkdtemp(prefix="ccm-serve-"))  # ledger lands there
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ from ccm_gateway.middleware.billing import BillingMiddleware
 from ccm_gateway.mock import MockUpstream
 
 from .conftest import gateway_config
-from .servers import ServerThread, free_port
+from .servers import ServerThread, start_gateway_process
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN = "adm-secret-key-0123456789"
@@ -209,22 +209,7 @@ def test_usage_export_csv(admin_gateway: Any, capsys: pytest.CaptureFixture[str]
 
 
 def serve(config: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CCM_")}
-    proc = subprocess.Popen([sys.executable, "-m", "ccm_gateway", "serve", "--config", str(config), "--port",
-                             str(port)], env=env, cwd=config.parent, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(200):  # up to ~20 s to come up
-        if proc.poll() is not None:
-            raise AssertionError("gateway exited")
-        try:
-            if httpx.get(base + "/health", timeout=0.5).status_code == 200:
-                return proc, base
-        except httpx.TransportError:
-            threading.Event().wait(0.1)
-    proc.kill()
-    raise AssertionError("gateway did not come up")
+    return start_gateway_process("--config", str(config), cwd=config.parent, output=False)
 
 
 def test_sigkill_under_load_then_restart_leaves_exactly_one_final_per_upstream_request(

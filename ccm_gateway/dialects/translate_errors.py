@@ -2,20 +2,7 @@
 
 from __future__ import annotations
 
-from ..dialects import Dialect
-from ..errors import GatewayError, Overloaded, error_for_status
-
-
-class BillingError(GatewayError):
-    """Out of credit: Anthropic says 402 billing_error, OpenAI says 429 insufficient_quota."""
-
-    status = 402
-    anthropic_type = "billing_error"
-    openai_type = "insufficient_quota"
-    openai_code = "insufficient_quota"
-
-    def status_for(self, dialect: Dialect) -> int:
-        return 402 if dialect is Dialect.ANTHROPIC_MESSAGES else 429
+from ..errors import BillingError, GatewayError, Overloaded, error_for_status
 
 # Anthropic error types and Gemini status strings → HTTP status (for errors met mid-stream or in bodies).
 _TYPE_STATUS = {
