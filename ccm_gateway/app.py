@@ -34,7 +34,11 @@ from .exchange import exchange_of
 from .middleware import AuthMiddleware, ExchangeMiddleware, RateLimitMiddleware, RequestIdMiddleware
 from .middleware.auth import key_table
 from .middleware.billing import BillingMiddleware
+from .middleware.observe import ObserveMiddleware
 from .middleware.tokens import TokenCountMiddleware
+from .observability.metrics import Metrics, multiprocess_dir
+from .observability.redaction import config_secrets, register_secrets
+from .observability.scrape import metrics_endpoint
 from .providers.mock import MockProvider
 from .providers.upstream import Upstream
 from .proxy import ChatEndpoint
@@ -64,6 +68,7 @@ class Gateway:
         self.meter.route_price = _route_price(self.router, self.meter)
         self.started = False
         self.created = int(time.time())
+        self.metrics = Metrics({m.name for m in config.models}) if config.metrics.enabled else None
 
     async def start(self) -> None:
         for upstream in self.upstreams.values():
@@ -82,6 +87,10 @@ class Gateway:
             await upstream.close()
         await self.state.close()
         await self.meter.close()  # writes every queued ledger record
+        if multiprocess_dir() and self.metrics is not None:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid())  # its live gauges stop counting
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
@@ -104,6 +113,7 @@ def create_app(
     """
     if not isinstance(config, Config):
         config = load_config(DEFAULT_CONFIG_PATH if config is None else config)
+    register_secrets(config_secrets(config))  # masked in every log record from now on
     gateway = Gateway(config)
     chat = ChatEndpoint(gateway.router)
     counting = CountTokensEndpoint(gateway.router, gateway.counter)
@@ -116,11 +126,13 @@ def create_app(
         Route("/v1/models", _models(gateway), methods=["GET"]),
         Route("/health", _health, methods=["GET"]),
         Route("/ready", _ready(gateway), methods=["GET"]),
+        *_metrics_routes(config, gateway),
         Route("/v1/{rest:path}", _api_fallback, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
     ]
     middleware = [
         Middleware(ExchangeMiddleware, max_body_bytes=config.server.max_body_bytes),
         Middleware(RequestIdMiddleware),
+        Middleware(ObserveMiddleware, metrics=gateway.metrics, tracing=_tracing(config), access=config.logging.access),
         *_admin_stages(config, gateway),
         *_guard_stages(config, gateway),
         *([Middleware(BillingMiddleware, meter=gateway.meter)] if config.billing.enabled else []),
@@ -157,6 +169,23 @@ def _admin_stages(config: Config, gateway: Gateway) -> list[Middleware]:
     if not config.admin.key:
         return []
     return [Middleware(UsageEndpoint, meter=gateway.meter, admin_key=config.admin.key.reveal())]
+
+
+def _metrics_routes(config: Config, gateway: Gateway) -> list[Route]:
+    """``GET /metrics`` (Prometheus text), behind the admin key when ``[metrics] require_admin_key``."""
+    if gateway.metrics is None:
+        return []
+    admin = config.admin.key.reveal() if config.metrics.require_admin_key and config.admin.key else None
+    return [Route("/metrics", metrics_endpoint(gateway, gateway.metrics, admin), methods=["GET"])]
+
+
+def _tracing(config: Config) -> Any:
+    """Request spans when ``[tracing] enabled`` (load_config checked that OpenTelemetry is installed)."""
+    if not config.tracing.enabled:
+        return None
+    from .observability.tracing import Tracing
+
+    return Tracing(config.tracing.propagate)
 
 
 def _route_price(router: Router, meter: Meter) -> Callable[[str], Price | None]:

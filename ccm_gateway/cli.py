@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from .config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from .observability.redaction import config_secrets, register_secrets
 from .providers.kinds import KINDS
 
 
@@ -92,7 +96,8 @@ def serve_forever(args: argparse.Namespace) -> int:
         for line in exc.errors:
             print(f"  {line}", file=sys.stderr)
         return 2
-    configure_logging(config.logging.level)
+    configure_logging(config.logging.level, config.logging.format)
+    register_secrets(config_secrets(config))  # the workers register theirs when they build the app
     os.environ["CCM_CONFIG"] = str(Path(path).resolve())
     hc = HypercornConfig()
     host = args.host or config.server.host
@@ -100,6 +105,8 @@ def serve_forever(args: argparse.Namespace) -> int:
     hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     workers = args.workers or config.server.workers
     hc.workers = 0 if workers == 1 else workers  # 0: serve in this process
+    if workers > 1 and config.metrics.enabled and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        metrics_dir()
     hc.worker_class = "uvloop" if _has_uvloop() else "asyncio"
     hc.application_path = "ccm_gateway.asgi:app"
     hc.graceful_timeout = config.server.graceful_timeout
@@ -110,10 +117,22 @@ def serve_forever(args: argparse.Namespace) -> int:
     return run(hc) or 0
 
 
-def configure_logging(level: str) -> None:
-    """Plain stderr logging for the standalone server; hosts that embed the app keep their own."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+def configure_logging(level: str, fmt: str = "auto") -> None:
+    """Redacted stderr logging (JSON or text) for the standalone server; hosts that embed the app
+    keep their own (see ``observability.redaction.RedactionFilter``)."""
+    from .observability.log_format import configure_logging as install
+
+    install(level, fmt)
+
+
+def metrics_dir() -> str:
+    """A fresh ``PROMETHEUS_MULTIPROC_DIR`` for this server's workers (they inherit the environment
+    and sum their metric files at scrape time), removed at exit. An operator's own directory is
+    kept as given (it must be emptied between runs)."""
+    path = tempfile.mkdtemp(prefix="ccm-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 def _has_uvloop() -> bool:

@@ -9,6 +9,7 @@ otherwise as strings). Every error names the field's path and what was expected.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 import re
@@ -170,7 +171,26 @@ class RoutingConfig(_Section):
 
 
 class LoggingConfig(_Section):
+    """``format``: ``json`` (one object per line), ``text``, or ``auto`` — text on a terminal, JSON
+    otherwise; ``access``: one JSON access line per API request on logger ``ccm_gateway.access``."""
+
     level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "text"] = "auto"
+    access: bool = True
+
+
+class MetricsConfig(_Section):
+    """``GET /metrics`` in the Prometheus text format; ``require_admin_key``: only with ``[admin] key``."""
+
+    enabled: bool = True
+    require_admin_key: bool = False
+
+
+class TracingConfig(_Section):
+    """OpenTelemetry spans (needs the ``otel`` extra); ``propagate``: send ``traceparent`` upstream."""
+
+    enabled: bool = False
+    propagate: bool = False
 
 
 class TeamBudget(_Section):
@@ -227,6 +247,8 @@ class Config(_Section):
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     pricing: PricingConfig = field(default_factory=PricingConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
 
     def redacted(self) -> dict[str, Any]:
         """A plain-data view for printing: secrets appear as their source (``env:NAME``) only."""
@@ -478,6 +500,10 @@ def _check(config: Config) -> None:
     errors.extend(_billing_problems(config))
     if config.state.backend == "redis" and not config.state.url:
         errors.append('state.url: required when state.backend = "redis" (e.g. "redis://127.0.0.1:6379/0")')
+    if config.metrics.enabled and config.metrics.require_admin_key and not config.admin.key:
+        errors.append("metrics.require_admin_key: set [admin] key, or /metrics would answer nobody")
+    if config.tracing.enabled and importlib.util.find_spec("opentelemetry") is None:
+        errors.append("tracing.enabled: needs OpenTelemetry: pip install 'ccm_gateway[otel]'")
     if errors:
         raise ConfigError(errors)
 

@@ -62,6 +62,7 @@ class Exchange:
         "_head",
         "attempts",
         "body",
+        "chunk_gap",
         "client_disconnected",
         "cost",
         "deployment",
@@ -72,10 +73,13 @@ class Exchange:
         "principal",
         "request_id",
         "route",
+        "span",
         "started_at",
         "stream",
         "token_estimate",
+        "trace_headers",
         "upstream_status",
+        "upstream_time",
         "usage",
     )
 
@@ -97,6 +101,10 @@ class Exchange:
         self.client_disconnected = False
         self.started_at = time.perf_counter()
         self.first_byte_at: float | None = None
+        self.upstream_time = 0.0  # seconds inside upstream attempts (observability.tracing.attempt_span)
+        self.chunk_gap = 0.0  # the longest gap between two upstream chunks, seconds (loop time)
+        self.span: Any = None  # the request's OpenTelemetry span, when tracing is on
+        self.trace_headers: Any = ()  # ``traceparent`` for upstream calls when [tracing] propagate is on
         self._head: Any = None
 
     def head(self) -> Any:

@@ -20,6 +20,7 @@ from .dialects.registry import WIRE
 from .errors import GatewayError, UpstreamTimeout, UpstreamUnavailable, error_for_status
 from .exchange import Exchange, exchange_of
 from .middleware.types import Receive, Scope, Send
+from .observability.tracing import attempt_span
 from .providers.upstream import Upstream, UpstreamResponse
 from .responses import send_bytes, send_error
 from .routing import Router
@@ -63,7 +64,8 @@ class ChatEndpoint:
             from .translate import Translated
 
             run = Translated(ex, deployment, route.max_output_tokens).run(send)
-        await until_disconnect(run, receive, ex)
+        with attempt_span(ex, deployment.label, ex.attempts + 1):  # observability: upstream time, trace span
+            await until_disconnect(run, receive, ex)
 
     async def _exchange(
         self, send: Send, ex: Exchange, upstream: Upstream, body: bytes, headers: dict[str, str], model: str,
@@ -128,6 +130,7 @@ async def watch_disconnect(receive: Receive, ex: Exchange, task: asyncio.Task[An
 def upstream_headers(scope: Scope, ex: Exchange, upstream: Upstream) -> dict[str, str]:
     """Headers for the upstream call, from an allow-list: client credentials never go upstream."""
     headers = {"content-type": "application/json", "x-request-id": ex.request_id}
+    headers.update(ex.trace_headers)  # observability: traceparent when [tracing] propagate
     headers.update(upstream.config.headers)
     if ex.dialect is Dialect.ANTHROPIC_MESSAGES:
         headers["anthropic-version"] = ANTHROPIC_VERSION
@@ -208,12 +211,17 @@ class Pipe:
         kept_size = 0
         last = previous = b""
         loop = asyncio.get_running_loop()
+        chunk_at = 0.0  # observability: the longest gap between chunks
         idle = self.upstream.timeout.idle
         try:
             async with asyncio.timeout(min(loop.time() + idle, deadline)) as timer:
                 async for chunk in resp.chunks():
+                    now = loop.time()
                     if ex.first_byte_at is None:
-                        ex.first_byte_at = loop.time()
+                        ex.first_byte_at = now
+                    elif now - chunk_at > ex.chunk_gap:  # observability: the longest chunk gap
+                        ex.chunk_gap = now - chunk_at
+                    chunk_at = now  # observability
                     if sniffer is not None:
                         sniffer.feed(chunk)
                     elif kept is not None:

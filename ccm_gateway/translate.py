@@ -90,6 +90,7 @@ class Translated:
 
     def headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json", "x-request-id": self.ex.request_id}
+        headers.update(self.ex.trace_headers)  # observability: traceparent when [tracing] propagate
         headers.update(self.upstream.config.headers)
         if self.target is Dialect.ANTHROPIC_MESSAGES:
             headers["anthropic-version"] = ANTHROPIC_VERSION
@@ -247,11 +248,16 @@ class _Stream:
         loop = asyncio.get_running_loop()
         idle = call.upstream.timeout.idle
         feed: Callable[[bytes], list[c.Ev]] = self.decoder.feed
+        chunk_at = 0.0  # observability: the longest gap between chunks
         try:
             async with asyncio.timeout(min(loop.time() + idle, deadline)) as timer:
                 async for chunk in self.resp.chunks():
+                    now = loop.time()
                     if ex.first_byte_at is None:
-                        ex.first_byte_at = loop.time()
+                        ex.first_byte_at = now
+                    elif now - chunk_at > ex.chunk_gap:  # observability: the longest chunk gap
+                        ex.chunk_gap = now - chunk_at
+                    chunk_at = now  # observability
                     events = feed(chunk)
                     if events:
                         if not await self._events(events):

@@ -1,0 +1,74 @@
+"""Metrics, the access line and the request span for every API request.
+
+Sits right after the request-id stage, so it sees every later refusal (auth, rate limits, budgets)
+as the GatewayError that passes through it, and the finished Exchange in its ``finally``. One
+``perf_counter`` pair per request; the access line is built only when its logger is enabled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from ..errors import GatewayError, RateLimited
+from ..exchange import exchange_of
+from ..observability.access_log import access_line
+from ..observability.log_format import ACCESS_LOGGER
+from ..observability.metrics import Metrics
+from ..observability.tracing import Tracing
+from .types import ASGIApp, Receive, Scope, Send
+
+access_log = logging.getLogger(ACCESS_LOGGER)
+
+
+class ObserveMiddleware:
+    def __init__(self, app: ASGIApp, metrics: Metrics | None = None, tracing: Tracing | None = None,
+                 access: bool = True) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.tracing = tracing
+        self.access = access
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ex = exchange_of(scope)
+        if ex is None:
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        loop_started = asyncio.get_running_loop().time()
+        status = 500
+        error: str | None = None
+        limited = False
+
+        async def send_observed(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        metrics, tracing = self.metrics, self.tracing
+        token = tracing.start(ex, scope) if tracing is not None else None
+        if metrics is not None:
+            metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_observed)
+        except GatewayError as err:  # answered by the exchange stage, outside this one
+            status, error = err.status_for(ex.dialect), type(err).__name__
+            limited = isinstance(err, RateLimited) and ex.attempts == 0  # the gateway's limit, not an upstream's
+            raise
+        except BaseException as exc:
+            error = type(exc).__name__
+            raise
+        finally:
+            total = time.perf_counter() - started
+            ttft = ex.first_byte_at - loop_started if ex.stream and ex.first_byte_at is not None else None
+            if metrics is not None:
+                metrics.in_flight.dec()
+                metrics.record(ex, status, total, ttft, limited)
+            if self.access and access_log.isEnabledFor(logging.INFO):
+                access_log.info(access_line(ex, scope, status, total, ttft, error))
+            if token is not None:
+                tracing.end(ex, token, status, error)
+

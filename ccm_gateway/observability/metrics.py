@@ -1,0 +1,142 @@
+"""Prometheus metrics recorded per request (``Metrics.record``) — the hot-path half of ``/metrics``.
+
+Labels are bounded: ``route`` is a configured model name, or an ad-hoc name (``provider/model``, a
+detected name) among the first ``MAX_ADHOC_ROUTES`` seen, else ``"other"``; ``provider`` is a
+configured provider; ``model`` the deployment's upstream model (``"other"`` with the route). No
+request ids, key values or user text. Labelled children are cached per label tuple, so a request
+costs a few dict lookups and observations, no string formatting.
+
+With several workers, prometheus-client's multi-process mode (``PROMETHEUS_MULTIPROC_DIR``, set by
+the CLI) keeps each worker's values in files that ``/metrics`` sums; ``in_flight_requests`` is a
+``livesum`` gauge. What is read at scrape time lives in ``scrape.py``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from ..exchange import Exchange
+
+MAX_ADHOC_ROUTES = 32
+NONE = "none"
+OTHER = "other"
+# Latency buckets (seconds) from sub-millisecond gateway overhead to long generations.
+OVERHEAD_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+GAP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_STATUS = tuple(str(code) for code in range(600))
+TOKEN_KINDS = ("input", "output", "cache_read", "cache_write", "reasoning")
+_DEPLOYMENT = ("route", "provider", "model")
+
+
+def multiprocess_dir() -> str | None:
+    """The directory shared by the workers' metric files, when running several."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class _Children:
+    """The labelled children of one (route, provider, model), looked up once and kept."""
+
+    __slots__ = ("cost", "duration", "gap", "overhead", "retries", "tokens", "ttft", "upstream")
+
+    def __init__(self, m: Metrics, labels: tuple[str, str, str]) -> None:
+        self.duration = m.request_duration.labels(*labels)
+        self.upstream = m.upstream_duration.labels(*labels)
+        self.overhead = m.overhead_duration.labels(*labels)
+        self.ttft = m.ttft.labels(*labels)
+        self.gap = m.chunk_gap.labels(*labels)
+        self.cost = m.cost.labels(*labels)
+        self.retries = m.retries.labels(*labels)
+        self.tokens = tuple(m.tokens.labels(*labels, kind) for kind in TOKEN_KINDS)
+
+
+class Metrics:
+    """One app's request metrics in their own registry (several apps in one process stay apart)."""
+
+    def __init__(self, routes: set[str] | frozenset[str] = frozenset(), registry: CollectorRegistry | None = None):
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self.routes = frozenset(routes)
+        self._adhoc: set[str] = set()
+        self._children: dict[tuple[str | None, str | None], tuple[tuple[str, str, str], _Children]] = {}
+        self._requests: dict[tuple[Any, ...], Any] = {}
+        r = self.registry
+        self.requests = Counter("ccm_requests", "API requests answered, by route, provider, upstream model, "
+                                "dialect and status", ("route", "provider", "model", "dialect", "status"), registry=r)
+        self.request_duration = Histogram("ccm_request_duration_seconds", "Total time from request to last byte",
+                                          _DEPLOYMENT, buckets=LATENCY_BUCKETS, registry=r)
+        self.upstream_duration = Histogram("ccm_upstream_duration_seconds", "Time inside upstream attempts (send "
+                                           "to last byte relayed)", _DEPLOYMENT, buckets=LATENCY_BUCKETS, registry=r)
+        self.overhead_duration = Histogram("ccm_overhead_duration_seconds", "Gateway time: total minus upstream",
+                                           _DEPLOYMENT, buckets=OVERHEAD_BUCKETS, registry=r)
+        self.ttft = Histogram("ccm_time_to_first_token_seconds", "Request start to the first upstream chunk of a "
+                              "stream", _DEPLOYMENT, buckets=LATENCY_BUCKETS, registry=r)
+        self.chunk_gap = Histogram("ccm_stream_chunk_gap_seconds", "The longest gap between two upstream chunks, "
+                                   "one observation per stream", _DEPLOYMENT, buckets=GAP_BUCKETS, registry=r)
+        self.tokens = Counter("ccm_tokens", "Tokens by kind (input excludes cache reads and writes)",
+                              (*_DEPLOYMENT, "kind"), registry=r)
+        self.cost = Counter("ccm_cost_usd", "Cost of answered requests in USD (priced models only)", _DEPLOYMENT,
+                            registry=r)
+        self.retries = Counter("ccm_retries", "Upstream attempts beyond the first", _DEPLOYMENT, registry=r)
+        self.fallbacks = Counter("ccm_fallbacks", "Requests answered by a fallback route", ("route", "fallback"),
+                                 registry=r)
+        self.rate_limited = Counter("ccm_rate_limit_rejections", "Requests refused by the gateway's rate limits",
+                                    ("dialect",), registry=r)
+        self.in_flight = Gauge("ccm_in_flight_requests", "API requests being served", registry=r,
+                               multiprocess_mode="livesum")
+        self._rate_limited = {d: self.rate_limited.labels(d) for d in ("openai_chat", "anthropic_messages")}
+
+    def labels(self, ex: Exchange) -> tuple[tuple[str, str, str], _Children]:
+        key = (ex.route, ex.deployment)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = (labels := self._label(ex.route, ex.deployment)), _Children(self, labels)
+            if len(self._children) > 4 * MAX_ADHOC_ROUTES + len(self.routes) * 8:
+                self._children.clear()  # only the cache: the children stay registered
+        return found
+
+    def _label(self, route: str | None, deployment: str | None) -> tuple[str, str, str]:
+        provider, _, model = (deployment or "").partition("/")
+        if route is None:
+            return NONE, provider or NONE, model or NONE
+        if route not in self.routes:
+            if route not in self._adhoc and len(self._adhoc) < MAX_ADHOC_ROUTES:
+                self._adhoc.add(route)
+            if route not in self._adhoc:
+                return OTHER, provider or NONE, OTHER
+        return route, provider or NONE, model or NONE
+
+    def record(self, ex: Exchange, status: int, total: float, ttft: float | None, rate_limited: bool) -> None:
+        """Everything one finished request contributes."""
+        labels, children = self.labels(ex)
+        dialect = ex.dialect.value
+        key = (labels, dialect, status)
+        counter = self._requests.get(key)
+        if counter is None:
+            counter = self._requests[key] = self.requests.labels(*labels, dialect, _STATUS[status % 600])
+        counter.inc()
+        children.duration.observe(total)
+        if rate_limited:
+            (self._rate_limited.get(dialect) or self.rate_limited.labels(dialect)).inc()
+        if not ex.attempts:
+            return
+        upstream = ex.upstream_time
+        children.upstream.observe(upstream)
+        children.overhead.observe(max(total - upstream, 0.0))
+        if ttft is not None:
+            children.ttft.observe(ttft)
+            children.gap.observe(ex.chunk_gap)
+        usage = ex.usage
+        for child, value in zip(children.tokens, (usage.input, usage.output, usage.cache_read, usage.cache_write,
+                                                  usage.reasoning), strict=True):
+            if value:
+                child.inc(value)
+        if ex.cost:
+            children.cost.inc(ex.cost)
+        if ex.attempts > 1:
+            children.retries.inc(ex.attempts - 1)
+        fallback = getattr(ex, "fallback", None)
+        if fallback:
+            self.fallbacks.labels(labels[0], fallback if fallback in self.routes else OTHER).inc()

@@ -1,0 +1,112 @@
+"""Scrub credentials out of log text: known secret values and credential-shaped patterns.
+
+Exact-value replacement of every configured secret is the strongest guard (it catches a key
+wherever it turns up: an echoed upstream error, a repr, a traceback); the patterns catch what the
+gateway never saw in its config — a client's own key in a header dump, ``?key=`` in a URL,
+``user:pass@`` in a DSN. ``RedactingFormatter`` and ``RedactionFilter`` apply it to log records.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
+from ..secrets import Secret
+
+MASK = "***"
+MIN_SECRET_CHARS = 6  # shorter values would mask ordinary words
+
+_HEADERS = r"proxy-authorization|authorization|x-goog-api-key|x-api-key|api-key"
+_PATTERNS = (
+    # A credential header followed by its value: "authorization: Bearer x", {'x-api-key': 'x'},
+    # (b'api-key', b'x'), authorization=x.
+    rf"(?P<hdr>(?:{_HEADERS})(?:[\"']?\s*[:=]\s*|[\"']\s*,\s*b?)[\"']?)(?P<hval>(?:(?:bearer|basic)\s+)?[^\s\"',;}}\]>)]+)",
+    r"(?P<bearer>\bbearer\s+)[A-Za-z0-9._~+/=-]{6,}",
+    r"(?P<query>[?&](?:key|api[-_]?key|access_token|token)=)[^&\s\"'#]+",
+    r"(?P<url>\b[a-z][a-z0-9+.-]*://)[^/\s:@\"']*:[^/\s@\"']*@",
+    r"\bsk-[A-Za-z0-9_-]{8,}",
+    r"\bAIza[0-9A-Za-z_-]{20,}",
+)
+
+_lock = threading.Lock()
+_secrets: set[str] = set()
+_pattern = re.compile("|".join(_PATTERNS), re.IGNORECASE)
+
+
+def register_secrets(values: Iterable[str | Secret | None]) -> None:
+    """Mask these exact values from now on (the app registers its resolved secrets at start-up)."""
+    global _pattern
+    added = False
+    with _lock:
+        for value in values:
+            if isinstance(value, Secret):
+                value = value.reveal() if value else None
+            if value and len(value) >= MIN_SECRET_CHARS and value not in _secrets:
+                _secrets.add(value)
+                added = True
+        if added:
+            exact = [re.escape(s) for s in sorted(_secrets, key=len, reverse=True)]
+            _pattern = re.compile("|".join([*_PATTERNS, *exact]), re.IGNORECASE)
+
+
+def config_secrets(config: object) -> list[str]:
+    """Every secret value a Config holds: provider keys, gateway keys, the admin key, the Redis
+    URL and its password."""
+    found: list[str] = []
+    for provider in getattr(config, "providers", {}).values():
+        found += [k.key.reveal() for k in provider.api_keys if k.key]
+    found += [k.key.reveal() for k in getattr(config, "keys", []) if k.key]
+    admin = getattr(getattr(config, "admin", None), "key", None)
+    if admin:
+        found.append(admin.reveal())
+    url = getattr(getattr(config, "state", None), "url", None)
+    if url:
+        found.append(url.reveal())
+        password = urlsplit(url.reveal()).password
+        if password:
+            found.append(password)
+    return found
+
+
+def _replace(m: re.Match[str]) -> str:
+    kind = m.lastgroup
+    if kind == "hval":
+        return m.group("hdr") + MASK
+    if kind == "bearer":
+        return m.group("bearer") + MASK
+    if kind == "query":
+        return m.group("query") + MASK
+    if kind == "url":
+        return m.group("url") + MASK + ":" + MASK + "@"
+    return MASK
+
+
+def redact(text: str) -> str:
+    """``text`` with every registered secret and credential-shaped substring masked."""
+    return _pattern.sub(_replace, text)
+
+
+class RedactingFormatter(logging.Formatter):
+    """A plain-text formatter whose whole output (message, arguments, traceback) is redacted."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+class RedactionFilter(logging.Filter):
+    """For hosts that keep their own formatters: add to a handler, and the records it emits carry
+    a redacted message and traceback (``record.args`` are folded into the message)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage())
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True

@@ -1,0 +1,173 @@
+"""``GET /metrics``: the request metrics plus what is read at scrape time.
+
+Read at scrape time, from the process that answers the scrape: budget left per key and team (the
+billing meter's store; Redis when budgets are shared), breaker state and transitions (duck-typed:
+``gateway.health`` with ``snapshot()`` and ``transitions``, from the resilience work), whether a
+Redis-backed store is on its local fallback, asyncio task count, and upstream connections per
+provider (aiohttp connector, active vs idle).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .metrics import Metrics, multiprocess_dir
+
+log = logging.getLogger("ccm_gateway.metrics")
+BREAKER_STATES = ("closed", "open", "half_open")
+REDIS_READ_TIMEOUT = 0.25
+
+
+class _Families:
+    """What ``generate_latest`` needs: an object whose ``collect()`` yields metric families."""
+
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self.families = list(families)
+
+    def collect(self) -> list[Metric]:
+        return self.families
+
+
+def metrics_endpoint(gateway: Any, metrics: Metrics, admin_key: str | None):
+    """The Starlette endpoint; with ``admin_key`` it wants ``Authorization: Bearer <admin key>``."""
+    expected = ("Bearer " + admin_key).encode() if admin_key else None
+
+    async def endpoint(request: Request) -> Response:
+        if expected is not None:
+            given = request.headers.get("authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                return Response(b'{"error":{"message":"the admin key is required","type":"authentication_error"}}',
+                                status_code=401, media_type="application/json")
+        live = await live_families(gateway)
+        if multiprocess_dir():
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            body = generate_latest(registry)
+        else:
+            body = generate_latest(metrics.registry)
+        return Response(body + generate_latest(_Families(live)), media_type=CONTENT_TYPE_LATEST)
+
+    return endpoint
+
+
+async def live_families(gateway: Any) -> list[Metric]:
+    families = [_tasks(), _connections(gateway), _fallback(gateway)]
+    families += _breakers(gateway)
+    budget = await _budgets(gateway)
+    if budget is not None:
+        families.append(budget)
+    return families
+
+
+def _tasks() -> Metric:
+    gauge = GaugeMetricFamily("ccm_asyncio_tasks", "asyncio tasks alive in the answering process")
+    gauge.add_metric([], len(asyncio.all_tasks()))
+    return gauge
+
+
+def _connections(gateway: Any) -> Metric:
+    gauge = GaugeMetricFamily("ccm_upstream_connections", "Upstream HTTP connections per provider",
+                              labels=("provider", "state"))
+    for name, upstream in gateway.upstreams.items():
+        session = getattr(upstream, "_session", None)
+        connector = getattr(session, "connector", None) if session is not None else None
+        active = len(getattr(connector, "_acquired", ()))  # aiohttp keeps these privately; 0 when absent
+        idle = sum(len(v) for v in getattr(connector, "_conns", {}).values())
+        gauge.add_metric([name, "active"], active)
+        gauge.add_metric([name, "idle"], idle)
+    return gauge
+
+
+def _fallback(gateway: Any) -> Metric:
+    gauge = GaugeMetricFamily("ccm_redis_fallback_active", "1 while a Redis-backed store decides locally",
+                              labels=("store",))
+    for store, obj in (("limits", gateway.state), ("budgets", gateway.meter.budgets)):
+        health = getattr(obj, "health", None)
+        if health is not None:
+            gauge.add_metric([store], 1.0 if health.degraded else 0.0)
+    return gauge
+
+
+def _breakers(gateway: Any) -> list[Metric]:
+    health = getattr(gateway, "health", None)
+    if health is None or not hasattr(health, "snapshot"):
+        return []
+    state = GaugeMetricFamily("ccm_breaker_state", "1 for the breaker's current state", labels=("member", "state"))
+    for member, info in sorted(health.snapshot().items()):
+        current = info.get("state") if isinstance(info, dict) else None
+        for name in BREAKER_STATES:
+            state.add_metric([str(member), name], 1.0 if current == name else 0.0)
+    moved = CounterMetricFamily("ccm_breaker_transitions", "Breaker state changes", labels=("from", "to"))
+    for (old, new), count in sorted(getattr(health, "transitions", {}).items()):
+        moved.add_metric([str(old), str(new)], count)
+    return [state, moved]
+
+
+async def _budgets(gateway: Any) -> Metric | None:
+    """Budget left in the current window of every key and team with a budget."""
+    config = gateway.config
+    meter = gateway.meter
+    lines = []
+    for key in config.keys:
+        if key.budget_usd is not None:
+            lines.append(("key", key.name, key.budget_usd, key.budget_period, key.team))
+    for name, team in config.billing.teams.items():
+        lines.append(("team", name, team.budget_usd, team.budget_period, None))
+    if not lines:
+        return None
+    gauge = GaugeMetricFamily("ccm_budget_remaining_usd", "Budget left in the current window",
+                              labels=("subject", "name"))
+    now = time.time()
+    store = meter.budgets
+    for kind, name, limit, period, team in lines:
+        window = meter._period(period).window(now)[0]
+        left = await _left(store, kind, name, limit, window, team, config)
+        if left is not None:
+            gauge.add_metric([kind, name], left)
+    return gauge
+
+
+async def _left(store: Any, kind: str, name: str, limit: float, window: str, team: str | None,
+                config: Any) -> float | None:
+    subject = f"{kind}:{name}"
+    primary = getattr(store, "primary", None)
+    if primary is not None and not store.degraded and hasattr(primary, "client"):
+        return await _redis_left(primary, subject, limit, window, team, config)
+    local = getattr(store, "fallback", store)
+    accounts = getattr(local, "accounts", None)
+    if accounts is None:
+        return None
+    share = getattr(store, "share", 1.0)
+    acct = accounts.get(subject)
+    if acct is None or acct.window != window:
+        return limit * share
+    return limit * share - acct.spent - acct.reserved
+
+
+async def _redis_left(primary: Any, subject: str, limit: float, window: str, team: str | None,
+                      config: Any) -> float | None:
+    """Read one line's hash the way ``redis_budgets.keys_for`` names it (the team's hash tag when
+    the key belongs to a team with a budget)."""
+    tag = subject
+    if subject.startswith("key:") and team and team in config.billing.teams:
+        tag = "team:" + team
+    name = f"ccm:{{{tag}}}:budget:{subject}:{window}"
+    try:
+        async with asyncio.timeout(REDIS_READ_TIMEOUT):
+            spent, reserved = await primary.client.hmget(name, "spent", "reserved")
+    except Exception as exc:  # a scrape must not fail because Redis does
+        log.debug("budget read from Redis failed: %s", type(exc).__name__)
+        return None
+    return limit - float(spent or 0) - float(reserved or 0)
