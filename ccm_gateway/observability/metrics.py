@@ -123,8 +123,9 @@ class Metrics:
         if not ex.attempts:
             return
         upstream = ex.upstream_time
-        children.upstream.observe(upstream)
-        children.overhead.observe(max(total - upstream, 0.0))
+        if upstream:  # 0: an endpoint that does not time its attempts yet (embeddings)
+            children.upstream.observe(upstream)
+            children.overhead.observe(max(total - upstream, 0.0))
         if ttft is not None:
             children.ttft.observe(ttft)
             children.gap.observe(ex.chunk_gap)
