@@ -140,3 +140,12 @@ def test_access_lines_can_be_turned_off(upstream: MockUpstream, lines: io.String
                        json={"model": "gpt-4.1", "messages": []})
         assert r.status_code == 200
     assert lines.getvalue() == ""
+
+
+def test_client_that_leaves_before_the_answer_is_logged_as_499(served: ServerThread, lines: io.StringIO) -> None:
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(served.base_url + "/v1/chat/completions", timeout=httpx.Timeout(10, read=0.3),
+                   headers={"authorization": "Bearer " + KEY, "x-request-id": "left-early"},
+                   json={"model": "gpt-4.1+ttfb_ms=900", "stream": True, "messages": []})
+    line = line_for(lines, "left-early")
+    assert (line["status"], line["disconnected"], line["attempts"]) == (499, True, 1)

@@ -38,7 +38,7 @@ class ObserveMiddleware:
             return
         started = time.perf_counter()
         loop_started = asyncio.get_running_loop().time()
-        status = 500
+        status = 0  # until the response head is sent
         error: str | None = None
         limited = False
 
@@ -55,7 +55,9 @@ class ObserveMiddleware:
         try:
             await self.app(scope, receive, send_observed)
         except GatewayError as err:  # answered by the exchange stage, outside this one
-            status, error = err.status_for(ex.dialect), type(err).__name__
+            error = type(err).__name__
+            if not status:
+                status = err.status_for(ex.dialect)
             limited = isinstance(err, RateLimited) and ex.attempts == 0  # the gateway's limit, not an upstream's
             raise
         except BaseException as exc:
@@ -63,12 +65,16 @@ class ObserveMiddleware:
             raise
         finally:
             total = time.perf_counter() - started
+            if not status:  # nothing was sent: the client left first (499, as nginx logs it), or a crash
+                status = 499 if ex.client_disconnected else 500
             ttft = ex.first_byte_at - loop_started if ex.stream and ex.first_byte_at is not None else None
-            if metrics is not None:
-                metrics.in_flight.dec()
-                metrics.record(ex, status, total, ttft, limited)
-            if self.access and access_log.isEnabledFor(logging.INFO):
-                access_log.info(access_line(ex, scope, status, total, ttft, error))
-            if token is not None:
-                tracing.end(ex, token, status, error)
+            try:
+                if metrics is not None:
+                    metrics.in_flight.dec()
+                    metrics.record(ex, status, total, ttft, limited)
+                if self.access and access_log.isEnabledFor(logging.INFO):
+                    access_log.info(access_line(ex, scope, status, total, ttft, error))
+            finally:
+                if token is not None:
+                    tracing.end(ex, token, status, error)
 
