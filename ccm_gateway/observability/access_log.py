@@ -7,6 +7,7 @@ the Exchange cannot leak into logs by accident. The line is a msgspec Struct enc
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import msgspec
 
@@ -92,6 +93,13 @@ def access_line(ex: Exchange, scope: dict, status: int, total: float, ttft: floa
     return _encode(line).decode()
 
 
+_second: list[Any] = [-1, ""]  # the last whole second formatted, and its text
+
+
 def _now() -> str:
+    """UTC ISO-8601 with milliseconds; the part up to the second is formatted once a second."""
     now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+    second = int(now)
+    if second != _second[0]:
+        _second[0], _second[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
+    return f"{_second[1]}{int((now - second) * 1000):03d}Z"

@@ -8,15 +8,22 @@ costs a few dict lookups and observations, no string formatting.
 
 With several workers, prometheus-client's multi-process mode (``PROMETHEUS_MULTIPROC_DIR``, set by
 the CLI) keeps each worker's values in files that ``/metrics`` sums; ``in_flight_requests`` is a
-``livesum`` gauge. What is read at scrape time lives in ``scrape.py``.
+``livesum`` gauge. In one process the values are plain Python numbers (no lock: one app serves on
+one event loop) turned into metric families at scrape time — a prometheus-client child costs a lock
+per value and a linear bucket scan per observation, several microseconds a request. What is read at
+scrape time lives in ``scrape.py``.
 """
 
 from __future__ import annotations
 
 import os
+from bisect import bisect_left
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import prometheus_client
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 from ..exchange import Exchange
 
@@ -35,6 +42,86 @@ _DEPLOYMENT = ("route", "provider", "model")
 def multiprocess_dir() -> str | None:
     """The directory shared by the workers' metric files, when running several."""
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class _Value:
+    """A counter or gauge child: a float."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+    def dec(self, amount: float = 1.0) -> None:
+        self.value -= amount
+
+
+class _Buckets:
+    """A histogram child: per-bucket counts (the last is +Inf) and the sum; cumulated at scrape time."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, amount: float) -> None:
+        self.counts[bisect_left(self.bounds, amount)] += 1
+        self.total += amount
+
+
+class _Family:
+    """A labelled metric kept in plain numbers; ``labels()`` matches prometheus-client's call."""
+
+    def __init__(self, kind: str, name: str, doc: str, labelnames: tuple[str, ...],
+                 buckets: tuple[float, ...] = ()) -> None:
+        self.kind, self.name, self.doc, self.labelnames, self.buckets = kind, name, doc, labelnames, buckets
+        self.children: dict[tuple[str, ...], Any] = {}
+
+    def labels(self, *values: str) -> Any:
+        child = self.children.get(values)
+        if child is None:
+            child = self.children[values] = _Buckets(self.buckets) if self.kind == "histogram" else _Value()
+        return child
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.labels().inc(amount)
+
+    def dec(self, amount: float = 1.0) -> None:
+        self.labels().dec(amount)
+
+    def family(self) -> Metric:
+        if self.kind == "counter":
+            out: Any = CounterMetricFamily(self.name, self.doc, labels=self.labelnames)
+            for values, child in self.children.items():
+                out.add_metric(values, child.value)
+            return out
+        if self.kind == "gauge":
+            out = GaugeMetricFamily(self.name, self.doc, labels=self.labelnames)
+            for values, child in self.children.items():
+                out.add_metric(values, child.value)
+            return out
+        out = HistogramMetricFamily(self.name, self.doc, labels=self.labelnames)
+        les = [*(floatToGoString(b) for b in self.buckets), "+Inf"]
+        for values, child in self.children.items():
+            running, cumulative = 0, []
+            for le, count in zip(les, child.counts, strict=True):
+                running += count
+                cumulative.append((le, running))
+            out.add_metric(values, cumulative, child.total)
+        return out
+
+
+class _Collector:
+    def __init__(self, families: list[_Family]) -> None:
+        self.families = families
+
+    def collect(self) -> list[Metric]:
+        return [f.family() for f in self.families]
 
 
 class _Children:
@@ -58,35 +145,57 @@ class Metrics:
 
     def __init__(self, routes: set[str] | frozenset[str] = frozenset(), registry: CollectorRegistry | None = None):
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self.shared = multiprocess_dir() is not None  # several workers: prometheus-client's file-backed values
+        self._own: list[_Family] = []
         self.routes = frozenset(routes)
         self._adhoc: set[str] = set()
         self._children: dict[tuple[str | None, str | None], tuple[tuple[str, str, str], _Children]] = {}
         self._requests: dict[tuple[Any, ...], Any] = {}
         r = self.registry
-        self.requests = Counter("ccm_requests", "API requests answered, by route, provider, upstream model, "
-                                "dialect and status", ("route", "provider", "model", "dialect", "status"), registry=r)
-        self.request_duration = Histogram("ccm_request_duration_seconds", "Total time from request to last byte",
-                                          _DEPLOYMENT, buckets=LATENCY_BUCKETS, registry=r)
-        self.upstream_duration = Histogram("ccm_upstream_duration_seconds", "Time inside upstream attempts (send "
-                                           "to last byte relayed)", _DEPLOYMENT, buckets=LATENCY_BUCKETS, registry=r)
-        self.overhead_duration = Histogram("ccm_overhead_duration_seconds", "Gateway time: total minus upstream",
-                                           _DEPLOYMENT, buckets=OVERHEAD_BUCKETS, registry=r)
-        self.ttft = Histogram("ccm_time_to_first_token_seconds", "Request start to the first upstream chunk of a "
-                              "stream", _DEPLOYMENT, buckets=LATENCY_BUCKETS, registry=r)
-        self.chunk_gap = Histogram("ccm_stream_chunk_gap_seconds", "The longest gap between two upstream chunks, "
-                                   "one observation per stream", _DEPLOYMENT, buckets=GAP_BUCKETS, registry=r)
-        self.tokens = Counter("ccm_tokens", "Tokens by kind (input excludes cache reads and writes)",
-                              (*_DEPLOYMENT, "kind"), registry=r)
-        self.cost = Counter("ccm_cost_usd", "Cost of answered requests in USD (priced models only)", _DEPLOYMENT,
-                            registry=r)
-        self.retries = Counter("ccm_retries", "Upstream attempts beyond the first", _DEPLOYMENT, registry=r)
-        self.fallbacks = Counter("ccm_fallbacks", "Requests answered by a fallback route", ("route", "fallback"),
-                                 registry=r)
-        self.rate_limited = Counter("ccm_rate_limit_rejections", "Requests refused by the gateway's rate limits",
-                                    ("dialect",), registry=r)
-        self.in_flight = Gauge("ccm_in_flight_requests", "API requests being served", registry=r,
-                               multiprocess_mode="livesum")
+        c, h = self._counter, self._histogram
+        self.requests = c("ccm_requests", "API requests answered, by route, provider, upstream model, dialect and "
+                          "status", ("route", "provider", "model", "dialect", "status"), r)
+        self.request_duration = h("ccm_request_duration_seconds", "Total time from request to last byte", r,
+                                  LATENCY_BUCKETS)
+        self.upstream_duration = h("ccm_upstream_duration_seconds", "Time inside upstream attempts (send to last "
+                                   "byte relayed)", r, LATENCY_BUCKETS)
+        self.overhead_duration = h("ccm_overhead_duration_seconds", "Gateway time: total minus upstream", r,
+                                   OVERHEAD_BUCKETS)
+        self.ttft = h("ccm_time_to_first_token_seconds", "Request start to the first upstream chunk of a stream", r,
+                      LATENCY_BUCKETS)
+        self.chunk_gap = h("ccm_stream_chunk_gap_seconds", "The longest gap between two upstream chunks, one "
+                           "observation per stream", r, GAP_BUCKETS)
+        self.tokens = c("ccm_tokens", "Tokens by kind (input excludes cache reads and writes)", (*_DEPLOYMENT, "kind"),
+                        r)
+        self.cost = c("ccm_cost_usd", "Cost of answered requests in USD (priced models only)", _DEPLOYMENT, r)
+        self.retries = c("ccm_retries", "Upstream attempts beyond the first", _DEPLOYMENT, r)
+        self.fallbacks = c("ccm_fallbacks", "Requests answered by a fallback route", ("route", "fallback"), r)
+        self.rate_limited = c("ccm_rate_limit_rejections", "Requests refused by the gateway's rate limits",
+                              ("dialect",), r)
+        if self.shared:
+            self.in_flight: Any = prometheus_client.Gauge("ccm_in_flight_requests", "API requests being served",
+                                                          registry=r, multiprocess_mode="livesum")
+        else:
+            self.in_flight = _Family("gauge", "ccm_in_flight_requests", "API requests being served", ())
+            self._own.append(self.in_flight)
+            self.in_flight.labels()  # shown as 0 before the first request
+            r.register(_Collector(self._own))
         self._rate_limited = {d: self.rate_limited.labels(d) for d in ("openai_chat", "anthropic_messages")}
+
+    def _counter(self, name: str, doc: str, labelnames: tuple[str, ...], registry: CollectorRegistry) -> Any:
+        if self.shared:
+            return prometheus_client.Counter(name, doc, labelnames, registry=registry)
+        family = _Family("counter", name, doc, labelnames)
+        self._own.append(family)
+        return family
+
+    def _histogram(self, name: str, doc: str, registry: CollectorRegistry, buckets: tuple[float, ...]) -> Any:
+        """Labelled by deployment, like every per-request histogram."""
+        if self.shared:
+            return prometheus_client.Histogram(name, doc, _DEPLOYMENT, buckets=buckets, registry=registry)
+        family = _Family("histogram", name, doc, _DEPLOYMENT, buckets)
+        self._own.append(family)
+        return family
 
     def labels(self, ex: Exchange) -> tuple[tuple[str, str, str], _Children]:
         key = (ex.route, ex.deployment)

@@ -20,25 +20,31 @@ MASK = "***"
 MIN_SECRET_CHARS = 6  # shorter values would mask ordinary words
 
 _HEADERS = r"proxy-authorization|authorization|x-goog-api-key|x-api-key|api-key"
-_PATTERNS = (
-    # A credential header followed by its value: "authorization: Bearer x", {'x-api-key': 'x'},
-    # (b'api-key', b'x'), authorization=x.
-    rf"(?P<hdr>(?:{_HEADERS})(?:[\"']?\s*[:=]\s*|[\"']\s*,\s*b?)[\"']?)(?P<hval>(?:(?:bearer|basic)\s+)?[^\s\"',;}}\]>)]+)",
-    r"(?P<bearer>\bbearer\s+)[A-Za-z0-9._~+/=-]{6,}",
-    r"(?P<query>[?&](?:key|api[-_]?key|access_token|token)=)[^&\s\"'#]+",
-    r"(?P<url>\b[a-z][a-z0-9+.-]*://)[^/\s:@\"']*:[^/\s@\"']*@",
-    r"\bsk-[A-Za-z0-9_-]{8,}",
-    r"\bAIza[0-9A-Za-z_-]{20,}",
-)
+# (substrings, lower case, without which the pattern cannot match; pattern; replacement). Most log
+# lines contain none of the substrings, and a few C substring searches cost far less than a regex.
+_RULES: tuple[tuple[tuple[str, ...], re.Pattern[str], str], ...] = tuple(
+    (triggers, re.compile(pattern, re.IGNORECASE), replacement) for triggers, pattern, replacement in (
+        # A credential header followed by its value: "authorization: Bearer x", {'x-api-key': 'x'},
+        # (b'api-key', b'x'), authorization=x.
+        (("authorization", "api-key"),
+         rf"((?:{_HEADERS})(?:[\"']?\s*[:=]\s*|[\"']\s*,\s*b?)[\"']?)(?:(?:bearer|basic)\s+)?[^\s\"',;}}\]>)]+",
+         rf"\1{MASK}"),
+        (("bearer",), r"\b(bearer\s+)[A-Za-z0-9._~+/=-]{6,}", rf"\1{MASK}"),
+        (("key=", "token="), r"([?&](?:key|api[-_]?key|access_token|token)=)[^&\s\"'#]+", rf"\1{MASK}"),
+        (("://",), r"(\b[a-z][a-z0-9+.-]*://)[^/\s:@\"']*:[^/\s@\"']*@", rf"\1{MASK}:{MASK}@"),
+        (("sk-",), r"\bsk-[A-Za-z0-9_-]{8,}", MASK),
+        (("aiza",), r"\bAIza[0-9A-Za-z_-]{20,}", MASK),
+    ))
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
-_pattern = re.compile("|".join(_PATTERNS), re.IGNORECASE)
+_lowered: tuple[str, ...] = ()  # the registered values, lower-cased, for the cheap pre-check
+_exact: re.Pattern[str] | None = None
 
 
 def register_secrets(values: Iterable[str | Secret | None]) -> None:
     """Mask these exact values from now on (the app registers its resolved secrets at start-up)."""
-    global _pattern
+    global _exact, _lowered
     added = False
     with _lock:
         for value in values:
@@ -48,8 +54,9 @@ def register_secrets(values: Iterable[str | Secret | None]) -> None:
                 _secrets.add(value)
                 added = True
         if added:
-            exact = [re.escape(s) for s in sorted(_secrets, key=len, reverse=True)]
-            _pattern = re.compile("|".join([*_PATTERNS, *exact]), re.IGNORECASE)
+            ordered = sorted(_secrets, key=len, reverse=True)
+            _exact = re.compile("|".join(re.escape(s) for s in ordered), re.IGNORECASE)
+            _lowered = tuple(s.lower() for s in ordered)
 
 
 def config_secrets(config: object) -> list[str]:
@@ -71,22 +78,20 @@ def config_secrets(config: object) -> list[str]:
     return found
 
 
-def _replace(m: re.Match[str]) -> str:
-    kind = m.lastgroup
-    if kind == "hval":
-        return m.group("hdr") + MASK
-    if kind == "bearer":
-        return m.group("bearer") + MASK
-    if kind == "query":
-        return m.group("query") + MASK
-    if kind == "url":
-        return m.group("url") + MASK + ":" + MASK + "@"
-    return MASK
-
-
 def redact(text: str) -> str:
     """``text`` with every registered secret and credential-shaped substring masked."""
-    return _pattern.sub(_replace, text)
+    low = text.lower()
+    for secret in _lowered:
+        if secret in low:
+            text = _exact.sub(MASK, text)  # type: ignore[union-attr]
+            low = text.lower()
+            break
+    for triggers, pattern, replacement in _RULES:
+        for trigger in triggers:
+            if trigger in low:
+                text = pattern.sub(replacement, text)
+                break
+    return text
 
 
 class RedactingFormatter(logging.Formatter):
