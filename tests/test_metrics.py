@@ -19,6 +19,7 @@ from ccm_gateway.mock import MockUpstream
 from ccm_gateway.observability.metrics import MAX_ADHOC_ROUTES, Metrics
 
 from .conftest import CANARIES, gateway_config
+from .redis_server import RedisServer
 from .servers import ServerThread, start_gateway_process
 
 ALICE = "gw-alice-metrics-0123456789"
@@ -264,3 +265,36 @@ def test_two_workers_count_together(tmp_path) -> None:
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+def test_budget_and_fallback_gauges_with_redis(upstream: MockUpstream) -> None:
+    """Budgets shared through Redis are read from Redis at scrape time (a team's key hashes under the
+    team's tag); when Redis goes away the fallback gauges turn to 1 once a request found it down."""
+    with RedisServer() as redis:
+        raw = gateway_config(upstream.base_url)
+        raw["state"] = {"backend": "redis", "url": redis.url, "timeout_ms": 200}
+        raw["limits"] = {"rpm": 1000}
+        raw["keys"] = [{"name": "dave", "key": ALICE, "team": "lab", "budget_usd": 50.0}]
+        raw["billing"] = {"teams": {"lab": {"budget_usd": 80.0}}}
+        app = create_app(load_config(raw, env={}, dotenv=False))
+        with ServerThread(app) as server:
+            client = openai.OpenAI(base_url=server.base_url + "/v1", api_key=ALICE, max_retries=0)
+            client.chat.completions.create(model="gpt-4.1", messages=[{"role": "user", "content": "hi"}])
+            found: dict = {}
+            for _ in range(100):  # settled in the stage's finally, a moment after the answer
+                found = samples(httpx.get(server.base_url + "/metrics", timeout=10).text)
+                if value(found, "ccm_cost_usd_total", **deployment(*GPT)) > 0 and \
+                        value(found, "ccm_budget_remaining_usd", subject="team", name="lab") < 80:
+                    break
+                threading.Event().wait(0.05)
+            cost = value(found, "ccm_cost_usd_total", **deployment(*GPT))
+            assert cost > 0
+            assert math.isclose(value(found, "ccm_budget_remaining_usd", subject="key", name="dave"), 50 - cost)
+            assert math.isclose(value(found, "ccm_budget_remaining_usd", subject="team", name="lab"), 80 - cost)
+            assert value(found, "ccm_redis_fallback_active", store="limits") == 0
+            assert value(found, "ccm_redis_fallback_active", store="budgets") == 0
+            redis.kill()
+            client.chat.completions.create(model="gpt-4.1", messages=[{"role": "user", "content": "hi"}])
+            found = samples(httpx.get(server.base_url + "/metrics", timeout=10).text)
+            assert value(found, "ccm_redis_fallback_active", store="limits") == 1
+            assert value(found, "ccm_redis_fallback_active", store="budgets") == 1

@@ -119,55 +119,50 @@ async def _budgets(gateway: Any) -> Metric | None:
     """Budget left in the current window of every key and team with a budget."""
     config = gateway.config
     meter = gateway.meter
-    lines = []
+    lines: list[tuple[str, str, float, str]] = []  # (kind, name, limit, window)
+    tags: list[str] = []  # the Redis hash tag each line's key is stored under (redis_budgets.keys_for)
+    now = time.time()
     for key in config.keys:
         if key.budget_usd is not None:
-            lines.append(("key", key.name, key.budget_usd, key.budget_period, key.team))
+            lines.append(("key", key.name, key.budget_usd, meter._period(key.budget_period).window(now)[0]))
+            tags.append(f"team:{key.team}" if key.team and key.team in config.billing.teams else f"key:{key.name}")
     for name, team in config.billing.teams.items():
-        lines.append(("team", name, team.budget_usd, team.budget_period, None))
+        lines.append(("team", name, team.budget_usd, meter._period(team.budget_period).window(now)[0]))
+        tags.append(f"team:{name}")
     if not lines:
         return None
     gauge = GaugeMetricFamily("ccm_budget_remaining_usd", "Budget left in the current window",
                               labels=("subject", "name"))
-    now = time.time()
     store = meter.budgets
-    for kind, name, limit, period, team in lines:
-        window = meter._period(period).window(now)[0]
-        left = await _left(store, kind, name, limit, window, team, config)
-        if left is not None:
-            gauge.add_metric([kind, name], left)
+    primary = getattr(store, "primary", None)
+    if primary is not None and hasattr(primary, "client") and not store.degraded:
+        spent = await _redis_spent(primary.client, [f"ccm:{{{tag}}}:budget:{kind}:{name}:{window}"
+                                                    for tag, (kind, name, _, window) in zip(tags, lines, strict=True)])
+        if spent is not None:
+            for (kind, name, limit, _), used in zip(lines, spent, strict=True):
+                gauge.add_metric([kind, name], limit - used)
+        return gauge
+    local = getattr(store, "fallback", store)  # in memory, or this instance's share while Redis is down
+    accounts = getattr(local, "accounts", None)
+    if accounts is None:
+        return gauge
+    share = getattr(store, "share", 1.0) if local is not store else 1.0
+    for kind, name, limit, window in lines:
+        acct = accounts.get(f"{kind}:{name}")
+        used = acct.spent + acct.reserved if acct is not None and acct.window == window else 0.0
+        gauge.add_metric([kind, name], limit * share - used)
     return gauge
 
 
-async def _left(store: Any, kind: str, name: str, limit: float, window: str, team: str | None,
-                config: Any) -> float | None:
-    subject = f"{kind}:{name}"
-    primary = getattr(store, "primary", None)
-    if primary is not None and not store.degraded and hasattr(primary, "client"):
-        return await _redis_left(primary, subject, limit, window, team, config)
-    local = getattr(store, "fallback", store)
-    accounts = getattr(local, "accounts", None)
-    if accounts is None:
-        return None
-    share = getattr(store, "share", 1.0)
-    acct = accounts.get(subject)
-    if acct is None or acct.window != window:
-        return limit * share
-    return limit * share - acct.spent - acct.reserved
-
-
-async def _redis_left(primary: Any, subject: str, limit: float, window: str, team: str | None,
-                      config: Any) -> float | None:
-    """Read one line's hash the way ``redis_budgets.keys_for`` names it (the team's hash tag when
-    the key belongs to a team with a budget)."""
-    tag = subject
-    if subject.startswith("key:") and team and team in config.billing.teams:
-        tag = "team:" + team
-    name = f"ccm:{{{tag}}}:budget:{subject}:{window}"
+async def _redis_spent(client: Any, names: list[str]) -> list[float] | None:
+    """spent + reserved of each budget hash, in one round trip; None when Redis does not answer."""
     try:
         async with asyncio.timeout(REDIS_READ_TIMEOUT):
-            spent, reserved = await primary.client.hmget(name, "spent", "reserved")
+            async with client.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.hmget(name, "spent", "reserved")
+                replies = await pipe.execute()
     except Exception as exc:  # a scrape must not fail because Redis does
         log.debug("budget read from Redis failed: %s", type(exc).__name__)
         return None
-    return limit - float(spent or 0) - float(reserved or 0)
+    return [float(spent or 0) + float(reserved or 0) for spent, reserved in replies]
