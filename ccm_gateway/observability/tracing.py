@@ -46,7 +46,7 @@ class Tracing:
         carrier = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]
                    if name in (b"traceparent", b"tracestate")}
         parent = self.propagator.extract(carrier) if carrier else None
-        span = self.tracer.start_span(f"{scope['method']} {scope['path']}", context=parent, kind=SpanKind.SERVER,
+        span = self.tracer.start_span(f"{scope['method']} {ex.operation}", context=parent, kind=SpanKind.SERVER,
                                       attributes={"http.request.method": scope["method"], "url.path": scope["path"],
                                                   "ccm.request_id": ex.request_id, "ccm.dialect": ex.dialect.value})
         ex.span = span
