@@ -13,7 +13,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ccm_gateway import Exchange, create_app, load_config
+from ccm_gateway import ConfigError, Exchange, create_app, load_config
 from ccm_gateway.dialects import Dialect
 from ccm_gateway.mock import MockUpstream
 from ccm_gateway.observability.metrics import MAX_ADHOC_ROUTES, Metrics
@@ -298,3 +298,16 @@ def test_budget_and_fallback_gauges_with_redis(upstream: MockUpstream) -> None:
             found = samples(httpx.get(server.base_url + "/metrics", timeout=10).text)
             assert value(found, "ccm_redis_fallback_active", store="limits") == 1
             assert value(found, "ccm_redis_fallback_active", store="budgets") == 1
+
+
+def test_metrics_config_is_checked(upstream: MockUpstream) -> None:
+    raw = gateway_config(upstream.base_url)
+    raw["metrics"] = {"require_admin_key": True}
+    with pytest.raises(ConfigError) as err:
+        load_config(raw, env={}, dotenv=False)
+    assert any(line.startswith("metrics.require_admin_key:") for line in err.value.errors)
+    raw = gateway_config(upstream.base_url)
+    raw["logging"] = {"format": "xml"}
+    with pytest.raises(ConfigError) as err:
+        load_config(raw, env={}, dotenv=False)
+    assert any("logging.format" in line for line in err.value.errors)

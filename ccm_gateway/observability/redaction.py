@@ -71,10 +71,9 @@ def config_secrets(config: object) -> list[str]:
         found.append(admin.reveal())
     url = getattr(getattr(config, "state", None), "url", None)
     if url:
-        found.append(url.reveal())
         password = urlsplit(url.reveal()).password
-        if password:
-            found.append(password)
+        if password:  # the URL itself is no secret without one (and names the host operators look for)
+            found += [url.reveal(), password]
     return found
 
 
