@@ -106,11 +106,18 @@ def test_traceparent_sent_upstream_when_propagating(upstream: MockUpstream, expo
                        headers={"traceparent": TRACEPARENT, "x-request-id": "traced-prop"},
                        json={"model": "gpt-4.1", "messages": []})
         assert r.status_code == 200
-    request, _ = spans_for(exporter, "traced-prop")
-    sent = next(q for q in reversed(upstream.requests) if q.headers.get("x-request-id") == "traced-prop")
-    version, trace_id, parent, _flags = sent.headers["traceparent"].split("-")
-    assert (version, trace_id) == ("00", TRACE_ID)
-    assert parent == format(request.context.span_id, "016x")  # the provider's parent is the gateway's span
+        r = httpx.post(server.base_url + "/v1/messages", timeout=10,  # translated: Anthropic client → OpenAI
+                       headers={"anthropic-version": "2023-06-01", "x-request-id": "traced-prop-2"},
+                       json={"model": "gpt-4.1", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 200
+    for request_id, continued in (("traced-prop", True), ("traced-prop-2", False)):
+        request, [attempt] = spans_for(exporter, request_id)
+        assert attempt.attributes["ccm.deployment"] == "oai/gpt-4.1-2025-04-14"
+        sent = next(q for q in reversed(upstream.requests) if q.headers.get("x-request-id") == request_id)
+        version, trace_id, parent, _flags = sent.headers["traceparent"].split("-")
+        assert version == "00" and trace_id == format(request.context.trace_id, "032x")
+        assert (trace_id == TRACE_ID) is continued  # a client without a traceparent starts a new trace
+        assert parent == format(request.context.span_id, "016x")  # the provider's parent is the gateway's span
 
 
 def test_attempt_span_times_without_tracing(exporter: InMemorySpanExporter) -> None:

@@ -28,6 +28,8 @@ except ImportError:  # the extra is not installed
     trace = None  # type: ignore[assignment]
 
 AVAILABLE = trace is not None
+# A proxy until a tracer provider is set, then the provider's tracer: made once, not per span.
+_TRACER = trace.get_tracer("ccm_gateway") if AVAILABLE else None
 _TRACE_HEADERS = ("traceparent", "tracestate")
 
 
@@ -36,7 +38,7 @@ class Tracing:
 
     def __init__(self, propagate: bool = False) -> None:
         assert AVAILABLE, "opentelemetry is not installed"
-        self.tracer = trace.get_tracer("ccm_gateway")
+        self.tracer = _TRACER
         self.propagator = TraceContextTextMapPropagator()
         self.propagate = propagate
 
@@ -99,7 +101,7 @@ class _Attempt:
         ex = self.ex
         if ex.span is not None:
             provider, _, model = self.label.partition("/")
-            self.span = trace.get_tracer("ccm_gateway").start_span(
+            self.span = _TRACER.start_span(  # type: ignore[union-attr]
                 f"upstream {self.label}", kind=SpanKind.CLIENT,
                 attributes={"ccm.deployment": self.label, "ccm.provider": provider, "ccm.model": model,
                             "ccm.attempt": self.number})
