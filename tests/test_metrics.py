@@ -311,3 +311,29 @@ def test_metrics_config_is_checked(upstream: MockUpstream) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(raw, env={}, dotenv=False)
     assert any("logging.format" in line for line in err.value.errors)
+
+
+def test_in_flight_and_active_connections_during_a_stream(upstream: MockUpstream) -> None:
+    app = create_app(load_config(gateway_config(upstream.base_url), env={}, dotenv=False))
+    with ServerThread(app) as server, httpx.Client(timeout=10) as client:
+        body = {"model": "gpt-4.1+chunks=3+delay_ms=300", "stream": True, "messages": []}
+        with client.stream("POST", server.base_url + "/v1/chat/completions", json=body) as r:
+            chunks = r.iter_bytes()
+            next(chunks)  # the stream has started and is waiting for its next chunk
+            during = samples(httpx.get(server.base_url + "/metrics", timeout=10).text)
+            list(chunks)
+        assert value(during, "ccm_in_flight_requests") == 1
+        assert value(during, "ccm_upstream_connections", provider="oai", state="active") == 1
+        assert total(during, "ccm_requests_total") == 0  # counted when it ends
+        after: dict = {}
+        for _ in range(100):
+            after = samples(httpx.get(server.base_url + "/metrics", timeout=10).text)
+            if total(after, "ccm_requests_total") == 1:
+                break
+            threading.Event().wait(0.05)
+        assert value(after, "ccm_in_flight_requests") == 0
+        assert value(after, "ccm_upstream_connections", provider="oai", state="active") == 0
+        assert value(after, "ccm_upstream_connections", provider="oai", state="idle") == 1
+        name = body["model"]  # an ad-hoc route (one of the first seen): labelled by its name
+        assert value(after, "ccm_stream_chunk_gap_seconds_count", **deployment(name, "oai", name)) == 1
+        assert value(after, "ccm_stream_chunk_gap_seconds_bucket", **deployment(name, "oai", name), le="0.1") == 0
