@@ -107,7 +107,7 @@ def test_stream_and_translated_lines(served: ServerThread, lines: io.StringIO) -
 def test_refusals_and_upstream_errors(served: ServerThread, lines: io.StringIO) -> None:
     r = httpx.post(served.base_url + "/v1/chat/completions", timeout=10, headers={"x-request-id": "bad-key-1"},
                    json={"model": "gpt-4.1", "messages": []})
-    assert r.status_code == 401
+    assert r.status_code == 401 and r.headers["x-request-id"] == "bad-key-1"  # refusals carry it too
     line = line_for(lines, "bad-key-1")
     assert (line["status"], line["error"], line["attempts"]) == (401, "AuthenticationFailed", 0)
     assert "key" not in line and "route" not in line and "tokens" not in line
