@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anthropic
 import httpx
 import openai
 import pytest
+from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
 from ccm_gateway import ConfigError, Exchange, create_app, load_config
@@ -231,7 +234,16 @@ def test_ad_hoc_route_labels_are_bounded() -> None:
     assert [(s.labels["model"], s.value) for s in others] == [("other", 20)]
 
 
-def test_two_workers_count_together(tmp_path) -> None:
+def served_per_worker(shared: Path) -> dict[str, float]:
+    """{worker pid: ccm_requests_total it wrote} from the workers' metric files."""
+    out: dict[str, float] = {}
+    for path in shared.glob("counter_*.db"):
+        values = MmapedDict.read_all_values_from_file(str(path))
+        out[path.stem.rsplit("_", 1)[1]] = sum(v for key, v, *_ in values if json.loads(key)[1] == "ccm_requests_total")
+    return out
+
+
+def test_two_workers_count_together(tmp_path: Path) -> None:
     """``--workers 2``: each worker writes its own metric files; any worker's /metrics sums them."""
     config = tmp_path / "gw.toml"
     config.write_text('[providers.mock]\nkind = "mock"\n[[models]]\nname = "m"\n'
@@ -241,27 +253,36 @@ def test_two_workers_count_together(tmp_path) -> None:
     proc, base = start_gateway_process("--config", str(config), "--workers", "2", output=False,
                                        env={"PROMETHEUS_MULTIPROC_DIR": str(shared)})
     try:
+        for _ in range(200):  # both workers up: each has made its counter file (bounded: ~20 s)
+            if len(served_per_worker(shared)) == 2:
+                break
+            threading.Event().wait(0.1)
         body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
         def call() -> None:
-            with httpx.Client(timeout=10) as client:  # a connection each: both workers accept
+            with httpx.Client(timeout=10) as client:  # a connection each: either worker may accept it
                 assert client.post(base + "/v1/chat/completions", json=body).status_code == 200
 
-        threads = [threading.Thread(target=call) for _ in range(16)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
-        writers = {p.stem.rsplit("_", 1)[1] for p in shared.glob("counter_*.db")}
+        sent = 0
+        for _ in range(10):  # waves of concurrent requests until both workers have served some
+            threads = [threading.Thread(target=call) for _ in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            sent += len(threads)
+            per_worker = served_per_worker(shared)
+            if len(per_worker) == 2 and all(per_worker.values()):
+                break
+        assert len(per_worker) == 2 and all(per_worker.values()), per_worker
         found: dict = {}
-        for _ in range(50):  # any worker answers the scrape; each sums every worker's files
+        for _ in range(50):  # the last stage may finish a moment after its client has the answer
             found = samples(httpx.get(base + "/metrics", timeout=10).text)
-            if total(found, "ccm_requests_total") == 16:
+            if total(found, "ccm_requests_total") == sent:
                 break
             threading.Event().wait(0.05)
         assert value(found, "ccm_requests_total", route="m", provider="mock", model="mock-1+ttfb_ms=100",
-                     dialect="openai_chat", status="200") == 16
-        assert len(writers) == 2, writers  # both workers served requests and wrote their own counts
+                     dialect="openai_chat", status="200") == sent == sum(served_per_worker(shared).values())
     finally:
         proc.terminate()
         proc.wait(15)
