@@ -226,8 +226,8 @@ class Pipe:
                             kept.append(chunk)
                             if kept_size > MAX_USAGE_BODY:
                                 kept = None
-                        if limit is not None and kept_size > limit:  # hardening: cut off, bounded memory
-                            raise aiohttp.ClientPayloadError(f"answer exceeds {limit} bytes")
+                        if limit is not None and kept_size > limit:  # hardening: 502, or cut off once started
+                            raise UpstreamUnavailable(f"upstream {self.upstream.name} answer exceeds {limit} bytes")
                     previous, last = last, chunk
                     if stripper is not None:
                         chunk = stripper.feed(chunk)
