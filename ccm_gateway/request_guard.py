@@ -3,7 +3,7 @@
 The exchange stage calls ``RequestGuard.check`` right after reading the body. Everything here is
 bytes operations at C speed (``count``, ``find``, ``replace``, ``translate``, ``split``) or msgspec
 decodes of the few raw fields a cap needs (``exchange.head()``), so a normal 400 KB agent request
-costs about a millisecond and a small chat request a few microseconds. A refusal is a 400 in the
+costs a few milliseconds (see ``nesting_exceeds``) and a small chat request a few microseconds. A refusal is a 400 in the
 caller's protocol (the exchange stage renders it).
 """
 
@@ -31,15 +31,18 @@ def nesting_exceeds(body: bytes, limit: int) -> bool:
     brackets is deleted with one ``translate`` (``{}`` become ``[]``: in valid JSON the kind does not
     matter for depth), string contents are cut out with ``split('"')[::2]``, and each
     ``replace(b"[]", b"")`` then removes exactly one level. Malformed input stops early (the
-    decoder reports it). Measured with timeit on a 2-core machine under load (Claude-Code-like
-    conversation, 64 levels allowed): 10 KB 0.06 ms, 280 KB 1.9 ms, 1 MB 6 ms; depth 10 000
-    refused in 4 ms; a small chat body (< 64 brackets) ~1 µs.
+    decoder reports it). Measured with timeit on Claude-Code-like conversations (2-core machine shared
+    with other jobs, so ranges): 10 KB 0.05–0.15 ms, 350 KB 2–5 ms, 880 KB 8–11 ms; depth 10 000
+    refused in ~4 ms; a small chat body (fewer than ``limit`` brackets) ~1 µs. The whole guard on
+    the 350 KB body: 6–8 ms with the request-head parse other stages need anyway.
     """
     if body.count(b"[") + body.count(b"{") <= limit:
         return False
     s = body
     if b'\\"' in s:
-        s = s.replace(b"\\\\", b"").replace(b'\\"', b"")
+        if b"\\\\" in s:
+            s = s.replace(b"\\\\", b"")
+        s = s.replace(b'\\"', b"")
     s = s.translate(_TO_SQUARE, _NOT_STRUCTURAL)
     if b'"' in s:
         s = b"".join(s.split(b'"')[::2])
@@ -100,7 +103,7 @@ def forbidden_key(body: bytes, names: frozenset[str], quoted: tuple[bytes, ...])
     arguments), or None. Fast path: a bytes search for each quoted name — an unescaped ``"base_url"``
     followed by ``:`` can only be a key, since quotes inside JSON strings are escaped; only on such a
     hit, or when the body spells letters with ``\\u`` escapes, is the body decoded and walked."""
-    suspect = _ESCAPED_LETTER.search(body) is not None
+    suspect = b"\\u00" in body and _ESCAPED_LETTER.search(body) is not None
     if not suspect:
         for needle in quoted:
             at = body.find(needle)
@@ -170,6 +173,8 @@ class RequestGuard:
                 continue  # the dialect's parser names the wrong type
             if value is not None and not 1 <= value <= limits.max_output_tokens:
                 raise InvalidRequest(f"{name}: expected 1 to {limits.max_output_tokens}, got {value}", param=name)
+        if ex.body.count(b"{") <= min(limits.max_tools, limits.max_messages, limits.max_content_parts):
+            return  # every tool, message and content part is an object: no count can exceed its cap
         tools = fields.get("tools")
         if tools is not None and len(tools) > 2 * limits.max_tools and (n := _count(tools)) > limits.max_tools:
             raise InvalidRequest(f"tools: {n} tools exceed the limit of {limits.max_tools}", param="tools")
