@@ -2,9 +2,9 @@
 
 The exchange stage calls ``RequestGuard.check`` right after reading the body. Everything here is
 bytes operations at C speed (``count``, ``find``, ``replace``, ``translate``, ``split``) or msgspec
-decodes of the few raw fields a cap needs (``exchange.head()``), so a normal 400 KB agent request
-costs a few milliseconds (see ``nesting_exceeds``) and a small chat request a few microseconds. A refusal is a 400 in the
-caller's protocol (the exchange stage renders it).
+decodes of the few raw fields a cap needs (``exchange.head()``), so a 400 KB agent request costs a
+few milliseconds (see ``nesting_exceeds``) and a small chat request a few microseconds. A refusal
+is a 400 in the caller's protocol (the exchange stage renders it).
 """
 
 from __future__ import annotations
