@@ -39,7 +39,7 @@ from .middleware.tokens import TokenCountMiddleware
 from .providers.mock import MockProvider
 from .providers.upstream import Upstream
 from .proxy import ChatEndpoint
-from .request_guard import RequestGuard
+from .request_guard import RequestGuard, RequestGuardMiddleware
 from .routing import Router
 from .shutdown import Drain
 from .state import backend_from_config
@@ -126,9 +126,10 @@ def create_app(
         Route("/v1/{rest:path}", _api_fallback, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
     ]
     middleware = [
-        Middleware(ExchangeMiddleware, max_body_bytes=config.server.max_body_bytes, guard=RequestGuard(config.requests),
-                   drain=gateway.drain, read_timeout=config.server.read_timeout),
+        Middleware(ExchangeMiddleware, max_body_bytes=config.server.max_body_bytes, drain=gateway.drain,
+                   read_timeout=config.server.read_timeout),
         Middleware(RequestIdMiddleware),
+        Middleware(RequestGuardMiddleware, guard=RequestGuard(config.requests)),
         *_admin_stages(config, gateway),
         *_guard_stages(config, gateway),
         *([Middleware(BillingMiddleware, meter=gateway.meter)] if config.billing.enabled else []),

@@ -1,7 +1,8 @@
 """Request checks made before anything decodes a body: nesting depth, client-chosen upstreams, caps.
 
-The exchange stage calls ``RequestGuard.check`` right after reading the body. Everything here is
-bytes operations at C speed (``count``, ``find``, ``replace``, ``translate``, ``split``) or msgspec
+``RequestGuardMiddleware`` runs ``RequestGuard.check`` right after the exchange stage has read the
+body and the request-id stage has named the request (so a refusal carries ``x-request-id``). It is
+all bytes operations at C speed (``count``, ``find``, ``replace``, ``translate``, ``split``) or msgspec
 decodes of the few raw fields a cap needs (``exchange.head()``), so a 400 KB agent request costs a
 few milliseconds (see ``nesting_exceeds``) and a small chat request a few microseconds. A refusal
 is a 400 in the caller's protocol (the exchange stage renders it).
@@ -16,7 +17,8 @@ from msgspec import Raw, Struct
 
 from .config import RequestsConfig
 from .errors import InvalidRequest
-from .exchange import Exchange
+from .exchange import Exchange, exchange_of
+from .middleware.types import ASGIApp, Receive, Scope, Send
 
 _TO_SQUARE = bytes.maketrans(b"{}", b"[]")
 _NOT_STRUCTURAL = bytes(b for b in range(256) if b not in b'"[]{}')
@@ -131,6 +133,20 @@ _OPTIONAL_INT = msgspec.json.Decoder(int | None)
 _RAW_LIST = msgspec.json.Decoder(list[Raw])
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TOKEN_FIELDS = ("max_tokens", "max_completion_tokens")
+
+
+class RequestGuardMiddleware:
+    """The stage: every API request with a body goes through ``guard.check`` before later stages."""
+
+    def __init__(self, app: ASGIApp, guard: RequestGuard) -> None:
+        self.app = app
+        self.guard = guard
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ex = exchange_of(scope)
+        if ex is not None and ex.body:
+            self.guard.check(ex)
+        await self.app(scope, receive, send)
 
 
 class RequestGuard:

@@ -57,15 +57,13 @@ def operation_for(path: str) -> str:
 
 
 class ExchangeMiddleware:
-    """``guard``: a ``request_guard.RequestGuard`` run on every body; ``drain``: the
-    ``shutdown.Drain`` that ends in-flight requests at shutdown; ``read_timeout``: seconds the whole
-    body may take to arrive (408 after)."""
+    """``drain``: the ``shutdown.Drain`` that ends in-flight requests at shutdown; ``read_timeout``:
+    seconds the whole body may take to arrive (408 after)."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int = 32 * 1024 * 1024, guard: Any = None,
-                 drain: Any = None, read_timeout: float | None = None) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int = 32 * 1024 * 1024, drain: Any = None,
+                 read_timeout: float | None = None) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
-        self.guard = guard
         self.drain = drain
         self.read_timeout = read_timeout
 
@@ -89,8 +87,6 @@ class ExchangeMiddleware:
         try:
             if scope["method"] == "POST":
                 ex.body = await read_body_within(scope, receive, self.max_body_bytes, self.read_timeout)
-                if self.guard is not None and ex.body:
-                    self.guard.check(ex)
             await self.app(scope, receive, send_tracked)
         except asyncio.CancelledError:
             if task is None or not ending.ended(task):
