@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ccm_gateway import create_app, load_config
+from ccm_gateway import ConfigError, create_app, load_config
 from ccm_gateway.request_guard import forbidden_key, nesting_exceeds
 
 from .conftest import CANARIES, OPENAI_KEY, gateway_config
@@ -330,3 +330,13 @@ def test_admin_port_serves_only_admin_paths(upstream) -> None:
         assert "ledger is off" in httpx.get(admin + "/v1/usage", headers=auth).json()["error"]["message"]
         assert httpx.post(admin + "/v1/chat/completions", json={"model": "gpt-4.1", "messages": []}).status_code == 404
         assert httpx.post(api + "/v1/chat/completions", json={"model": "gpt-4.1", "messages": []}).status_code == 200
+
+
+def test_request_caps_and_admin_port_are_validated() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config({"admin": {"port": 8080}, "requests": {"max_depth": 0, "forbidden_keys": "base_url"}},
+                    env={}, dotenv=False)
+    text = "\n".join(caught.value.errors)
+    assert "requests.max_depth" in text or "requests.forbidden_keys" in text
+    with pytest.raises(ConfigError, match=r"admin\.port: must differ from server\.port"):
+        load_config({"admin": {"port": 8080}}, env={}, dotenv=False)
