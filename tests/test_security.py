@@ -24,7 +24,7 @@ from ccm_gateway import ConfigError, create_app, load_config
 from ccm_gateway.mock import MockUpstream
 
 from .conftest import ANTHROPIC_KEY, CANARIES, OPENAI_KEY, gateway_config
-from .servers import ServerThread, start_gateway_process
+from .servers import ServerThread, free_port, start_gateway_process
 
 GATEWAY_KEY = "ccm-canary-gatewaykey-4e1f9a7b"
 ADMIN_KEY = "ccm-canary-adminkey-8c2d6e0f"
@@ -47,15 +47,17 @@ def abused(upstream: MockUpstream, tmp_path_factory: pytest.TempPathFactory) -> 
     """`ccm-gateway serve` with auth, an admin key and short slowloris timeouts; its output is kept."""
     tmp = tmp_path_factory.mktemp("abused")
     config = tmp / "gateway.toml"
+    admin_port = free_port()
     config.write_text(
         "[server]\nkeep_alive_timeout = 1.0\nread_timeout = 1.0\n"
-        f'[admin]\nkey = "{ADMIN_KEY}"\n'
+        f'[admin]\nkey = "{ADMIN_KEY}"\nport = {admin_port}\n'
         f'[[keys]]\nname = "canary"\nkey = "{GATEWAY_KEY}"\n'
         f'[providers.up]\nkind = "openai"\nbase_url = "{upstream.base_url}/v1"\napi_keys = ["{OPENAI_KEY}"]\n'
         'timeout = { first_byte = 0.5, idle = 0.5, deadline = 2.0 }\n'
         f'[providers.ant]\nkind = "anthropic"\nbase_url = "{upstream.base_url}"\napi_keys = ["{ANTHROPIC_KEY}"]\n')
     proc, base = start_gateway_process("--config", str(config), cwd=tmp, output=True)
     state: dict[str, Any] = {"proc": proc, "base": base, "port": int(base.rsplit(":", 1)[1]),
+                             "admin": f"http://127.0.0.1:{admin_port}",
                              "start": memory(proc.pid), "seen": []}
     try:
         yield state
@@ -166,9 +168,11 @@ def test_no_secret_on_any_error_path(abused: dict[str, Any]) -> None:
         ("POST", chat, AUTH, {"model": "up/gpt-4o", "messages": [], "api_key": OPENAI_KEY}, 400),
         ("GET", "/v1/usage", {"authorization": f"Bearer {ADMIN_KEY}0"}, None, 401),
         ("GET", "/v1/admin/config", {"authorization": f"Bearer {ADMIN_KEY}"}, None, 200),
+        ("GET", "/v1/admin/config", {"x-api-key": ADMIN_KEY[:-1]}, None, 401),
     ]
     for method, path, headers, body, status in calls:
-        r = httpx.request(method, base + path, headers=headers, json=body, timeout=15)
+        origin = abused["admin"] if path.startswith(("/v1/usage", "/v1/admin/")) else base
+        r = httpx.request(method, origin + path, headers=headers, json=body, timeout=15)
         assert r.status_code == status, (path, r.text)
         seen.append(r.text)
         seen.extend(f"{k}: {v}" for k, v in r.headers.items())
@@ -179,6 +183,16 @@ def test_no_secret_on_any_error_path(abused: dict[str, Any]) -> None:
     blob = "\n".join(seen)
     for canary in ALL_CANARIES:
         assert canary not in blob
+
+
+def test_admin_endpoints_answer_only_on_the_admin_port(abused: dict[str, Any]) -> None:
+    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+    assert httpx.get(abused["base"] + "/v1/admin/config", headers=admin, timeout=10).status_code == 404
+    r = httpx.get(abused["admin"] + "/v1/admin/config", headers=admin, timeout=10)
+    assert r.status_code == 200 and r.json()["admin"]["key"].startswith("<secret")
+    r = httpx.post(abused["admin"] + "/v1/chat/completions", headers=AUTH, timeout=10,
+                   json={"model": "up/gpt-4o", "messages": []})
+    assert r.status_code == 404
 
 
 def test_memory_stays_bounded_and_the_process_survives(abused: dict[str, Any]) -> None:
