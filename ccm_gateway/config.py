@@ -52,7 +52,7 @@ class ServerConfig(_Section):
     max_body_bytes: PositiveInt = 32 * 1024 * 1024
     graceful_timeout: Positive = 30.0  # seconds in-flight requests get after SIGTERM
     keep_alive_timeout: Positive = 75.0
-    read_timeout: Positive = 30.0  # seconds a connection may take to send more of a request (slowloris)
+    read_timeout: Positive = 60.0  # seconds a request body may take to arrive, else 408 (slow-body slowloris)
     max_header_bytes: PositiveInt = 64 * 1024  # an HTTP/1.1 request head larger than this is refused
 
 
