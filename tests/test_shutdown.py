@@ -55,6 +55,12 @@ def test_sigterm_ends_overlong_requests_properly_and_flushes_the_ledger(upstream
         for thread in threads:
             thread.start()
         assert all(event.wait(20) for event in streaming.values())
+        for _ in range(200):  # until the waiting request has reached the upstream (bounded, ~10 s)
+            if any(r.headers.get("x-request-id") == "drain-json" for r in upstream.requests):
+                break
+            threading.Event().wait(0.05)
+        else:
+            raise AssertionError("the waiting request never reached the upstream")
         proc.send_signal(signal.SIGTERM)
         for thread in threads:
             thread.join(30)
