@@ -12,9 +12,12 @@ from typing import Any
 
 import httpx
 
+from ccm_gateway import create_app, load_config
 from ccm_gateway.mock import MockUpstream
+from ccm_gateway.shutdown import Drain
 
-from .servers import start_gateway_process
+from .conftest import gateway_config
+from .servers import ServerThread, start_gateway_process
 
 
 def test_sigterm_ends_overlong_requests_properly_and_flushes_the_ledger(upstream: MockUpstream, tmp_path: Path) -> None:
@@ -81,3 +84,30 @@ def test_sigterm_ends_overlong_requests_properly_and_flushes_the_ledger(upstream
         open_reserves = conn.execute("SELECT COUNT(*) FROM open_reserves").fetchone()[0]
     assert {"drain-openai", "drain-anthropic", "drain-json"} <= finals
     assert open_reserves == 0
+
+
+def test_embedded_drain_ends_translated_streams_with_the_clients_error_event(upstream: MockUpstream) -> None:
+    """A host that runs its own server starts the drain itself; translated streams end properly too
+    (unhindered, each of these streams would run 3 s and end normally)."""
+    cases = [("/v1/chat/completions", {}, {"model": "claude-sonnet+chunks=30+delay_ms=100", "stream": True,
+                                           "messages": [{"role": "user", "content": "x"}]}),
+             ("/v1/messages", {"anthropic-version": "2023-06-01"},
+              {"model": "gpt-4.1+chunks=30+delay_ms=100", "max_tokens": 10, "stream": True,
+               "messages": [{"role": "user", "content": "x"}]})]
+    for path, headers, body in cases:
+        app = create_app(load_config(gateway_config(upstream.base_url), env={}, dotenv=False))
+        drain = app.state.gateway.drain
+
+        async def begin(drain: Drain = drain) -> None:
+            drain.begin(0.5)  # ends what still runs after 0.45 s
+
+        with ServerThread(app) as server:
+            lines: list[str] = []
+            with httpx.stream("POST", server.base_url + path, json=body, headers=headers, timeout=20) as r:
+                for line in r.iter_lines():
+                    if line.startswith("data:") and not any(seen.startswith("data:") for seen in lines):
+                        server.run(begin())
+                    if line:
+                        lines.append(line)
+        assert "shutting down" in lines[-1], (path, lines[-3:])
+        assert not drain.tasks
