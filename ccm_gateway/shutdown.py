@@ -21,11 +21,12 @@ log = logging.getLogger("ccm_gateway.shutdown")
 class Drain:
     """The in-flight requests of one app, and the timer that ends them at shutdown."""
 
-    __slots__ = ("_timer", "ending", "tasks")
+    __slots__ = ("_timer", "ending", "over", "tasks")
 
     def __init__(self) -> None:
         self.tasks: set[asyncio.Task[object]] = set()
         self.ending: set[asyncio.Task[object]] = set()  # tasks this drain cancelled
+        self.over = False  # the grace period has run out: a request arriving now gets 503 at once
         self._timer: asyncio.TimerHandle | None = None
 
     def enter(self) -> asyncio.Task[object] | None:
@@ -54,6 +55,7 @@ class Drain:
 
     def end_all(self) -> None:
         """Cancel every in-flight request now (the exchange stage answers each one)."""
+        self.over = True
         if self.tasks:
             log.warning("grace period over: ending %d request(s) with an error", len(self.tasks))
         for task in list(self.tasks):

@@ -109,5 +109,7 @@ def test_embedded_drain_ends_translated_streams_with_the_clients_error_event(ups
                         server.run(begin())
                     if line:
                         lines.append(line)
+            late = httpx.post(server.base_url + path, json={**body, "stream": False}, headers=headers, timeout=10)
         assert "shutting down" in lines[-1], (path, lines[-3:])
+        assert late.status_code == 503 and "shutting down" in late.text  # arrived after the grace period
         assert not drain.tasks

@@ -85,6 +85,8 @@ class ExchangeMiddleware:
         ending = self.drain
         task = ending.enter() if ending is not None else None
         try:
+            if ending is not None and ending.over:
+                raise ServiceUnavailable("the gateway is shutting down; retry the request")
             if scope["method"] == "POST":
                 ex.body = await read_body_within(scope, receive, self.max_body_bytes, self.read_timeout)
             await self.app(scope, receive, send_tracked)
