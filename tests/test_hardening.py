@@ -14,6 +14,7 @@ import pytest
 
 from ccm_gateway import ConfigError, create_app, load_config
 from ccm_gateway.request_guard import forbidden_key, nesting_exceeds
+from ccm_gateway.scrub import host_needles, scrub_internals
 
 from .conftest import CANARIES, OPENAI_KEY, gateway_config
 from .servers import ServerThread, free_port
@@ -340,3 +341,14 @@ def test_request_caps_and_admin_port_are_validated() -> None:
     assert "requests.max_depth" in text or "requests.forbidden_keys" in text
     with pytest.raises(ConfigError, match=r"admin\.port: must differ from server\.port"):
         load_config({"admin": {"port": 8080}}, env={}, dotenv=False)
+
+
+def test_scrub_removes_hosts_and_url_credentials() -> None:
+    hosts = host_needles("http://10.0.0.7:8000/v1")
+    body = b'{"error":"connect to 10.0.0.7:8000 failed (10.0.0.7), see https://bob:s3cret@auth.internal/x"}'
+    assert scrub_internals(body, hosts) == \
+        b'{"error":"connect to upstream failed (upstream), see https://***@auth.internal/x"}'
+    assert scrub_internals(b"at [::1]:9000", host_needles("http://[::1]:9000")) == b"at [upstream]:9000"
+    assert scrub_internals(b"redis://:pw@cache:6379", ()) == b"redis://***@cache:6379"
+    assert scrub_internals(b"mail me@example.com", ()) == b"mail me@example.com"  # not a URL
+    assert host_needles("not a url") == ()
