@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .admin_api import AdminEndpoint
 from .billing.meter import Meter
 from .billing.pricing import Price
 from .config import DEFAULT_CONFIG_PATH, Config, load_config
@@ -42,7 +43,9 @@ from .observability.scrape import metrics_endpoint
 from .providers.mock import MockProvider
 from .providers.upstream import Upstream
 from .proxy import ChatEndpoint
+from .request_guard import RequestGuard, RequestGuardMiddleware
 from .routing import Router
+from .shutdown import Drain
 from .state import backend_from_config
 from .tokens import TokenCounter, get_encoding
 from .usage_api import UsageEndpoint
@@ -61,6 +64,9 @@ class Gateway:
             name: (MockProvider if p.kind == "mock" else Upstream)(name, p) for name, p in config.providers.items()
         }
         self.router = Router(config, self.upstreams)
+        for upstream in self.upstreams.values():
+            upstream.max_response_bytes = config.requests.max_response_bytes
+        self.drain = Drain()  # in-flight requests, ended with an error when the grace period runs out
         self.state = backend_from_config(config.state)  # rate-limit counters: memory or Redis
         self.counter = TokenCounter(multipliers={**TokenCounter().multipliers, **config.tokens.multipliers},
                                     cache_chars=config.tokens.cache_chars, cache_ttl=config.tokens.cache_ttl)
@@ -83,6 +89,7 @@ class Gateway:
 
     async def close(self) -> None:
         self.started = False
+        self.drain.cancel_timer()
         for upstream in self.upstreams.values():
             await upstream.close()
         await self.state.close()
@@ -130,9 +137,11 @@ def create_app(
         Route("/v1/{rest:path}", _api_fallback, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
     ]
     middleware = [
-        Middleware(ExchangeMiddleware, max_body_bytes=config.server.max_body_bytes),
+        Middleware(ExchangeMiddleware, max_body_bytes=config.server.max_body_bytes, drain=gateway.drain,
+                   read_timeout=config.server.read_timeout),
         Middleware(RequestIdMiddleware),
         Middleware(ObserveMiddleware, metrics=gateway.metrics, tracing=_tracing(config), access=config.logging.access),
+        Middleware(RequestGuardMiddleware, guard=RequestGuard(config.requests)),
         *_admin_stages(config, gateway),
         *_guard_stages(config, gateway),
         *([Middleware(BillingMiddleware, meter=gateway.meter)] if config.billing.enabled else []),
@@ -166,9 +175,12 @@ def _guard_stages(config: Config, gateway: Gateway) -> list[Middleware]:
 def _admin_stages(config: Config, gateway: Gateway) -> list[Middleware]:
     """``GET /v1/usage`` answers before auth (the admin key is not a gateway key); without an admin key
     it is not served at all."""
-    if not config.admin.key:
-        return []
-    return [Middleware(UsageEndpoint, meter=gateway.meter, admin_key=config.admin.key.reveal())]
+    key = config.admin.key.reveal() if config.admin.key else None
+    stages = [Middleware(AdminEndpoint, config=config, admin_key=key, port=config.admin.port)] \
+        if key or config.admin.port is not None else []  # config view; admin paths only on [admin] port
+    if not key:
+        return stages
+    return [*stages, Middleware(UsageEndpoint, meter=gateway.meter, admin_key=key)]
 
 
 def _metrics_routes(config: Config, gateway: Gateway) -> list[Route]:

@@ -11,6 +11,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from .config import DEFAULT_CONFIG_PATH, ConfigError, load_config
 from .observability.redaction import config_secrets, register_secrets
@@ -102,7 +103,9 @@ def serve_forever(args: argparse.Namespace) -> int:
     hc = HypercornConfig()
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
-    hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    hc.bind = [_bind(host, port)]
+    if config.admin.port is not None:  # a second listener; admin_api.AdminEndpoint routes by it
+        hc.bind.append(_bind(host, config.admin.port))
     workers = args.workers or config.server.workers
     hc.workers = 0 if workers == 1 else workers  # 0: serve in this process
     if workers > 1 and config.metrics.enabled and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -110,10 +113,20 @@ def serve_forever(args: argparse.Namespace) -> int:
     hc.worker_class = "uvloop" if _has_uvloop() else "asyncio"
     hc.application_path = "ccm_gateway.asgi:app"
     hc.graceful_timeout = config.server.graceful_timeout
+    # Slowloris: a connection whose request head is incomplete counts as idle, so keep_alive_timeout
+    # bounds how long a head may dribble in; a larger head is refused with 431; the body is bounded by
+    # server.read_timeout in the exchange stage. hypercorn's own read_timeout stays off: it applies to
+    # every socket read, so a client that is silent while a long answer streams would be disconnected.
     hc.keep_alive_timeout = config.server.keep_alive_timeout
+    hc.h11_max_incomplete_size = config.server.max_header_bytes
+    hc.h2_max_header_list_size = config.server.max_header_bytes
+    hc.read_timeout = None
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")  # through our handlers, once
-    print(f"ccm-gateway listening on http://{host}:{port} ({workers} worker(s), config {path})", flush=True)
+    admin = f", admin on port {config.admin.port}" if config.admin.port is not None else ""
+    print(f"ccm-gateway listening on http://{host}:{port} ({workers} worker(s), config {path}{admin})", flush=True)
+    if hc.workers == 0:
+        return serve_here(hc, config.server.graceful_timeout)
     return run(hc) or 0
 
 
@@ -133,6 +146,43 @@ def metrics_dir() -> str:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
     atexit.register(shutil.rmtree, path, True)
     return path
+
+
+def _bind(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def serve_here(hc: Any, grace: float) -> int:
+    """One process: hypercorn on our own loop, so SIGTERM/SIGINT can start the drain
+    (``shutdown.Drain``) before hypercorn stops accepting and waits ``grace`` seconds. With worker
+    processes hypercorn's parent owns the signals, and requests still open at its deadline are cut."""
+    import asyncio
+    import signal
+
+    from hypercorn.asyncio import serve
+
+    hc.workers = 1
+    from .asgi import app
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+
+        async def shutdown_trigger() -> None:
+            await stop.wait()
+            app.state.gateway.drain.begin(grace)
+
+        await serve(app, hc, shutdown_trigger=shutdown_trigger)
+
+    if _has_uvloop():
+        import uvloop
+
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
+    return 0
 
 
 def _has_uvloop() -> bool:

@@ -53,6 +53,8 @@ class ServerConfig(_Section):
     max_body_bytes: PositiveInt = 32 * 1024 * 1024
     graceful_timeout: Positive = 30.0  # seconds in-flight requests get after SIGTERM
     keep_alive_timeout: Positive = 75.0
+    read_timeout: Positive = 60.0  # seconds a request body may take to arrive, else 408 (slow-body slowloris)
+    max_header_bytes: PositiveInt = 64 * 1024  # an HTTP/1.1 request head larger than this is refused
 
 
 class Timeouts(_Section):
@@ -227,9 +229,30 @@ class PricingConfig(_Section):
 
 
 class AdminConfig(_Section):
-    """``key``: the bearer key for operator endpoints (``GET /v1/usage``); unset: they answer 404."""
+    """``key``: the bearer key for operator endpoints (``GET /v1/usage``, ``GET /v1/admin/config``);
+    unset: they answer 404. ``port``: when set, they answer only on this extra listener (and 404 on
+    the API port)."""
 
     key: Secret | None = None
+    port: Port | None = None
+
+
+class RequestsConfig(_Section):
+    """Request hardening (``request_guard.py``): generous caps that stop abuse, not real clients.
+    ``max_output_tokens`` refuses absurd ``max_tokens`` outright (``[limits] max_tokens_cap`` only
+    bounds what a rate-limit reservation assumes); ``forbidden_keys``: object keys that would let a
+    client choose where credentials go (refused anywhere in the body except inside tool schemas and
+    tool arguments); ``max_response_bytes``: a non-streaming upstream answer larger than this → 502."""
+
+    max_depth: PositiveInt = 64
+    max_messages: PositiveInt = 10_000
+    max_content_parts: PositiveInt = 50_000  # summed over all messages
+    max_tools: PositiveInt = 1024
+    max_output_tokens: PositiveInt = 1_000_000
+    max_model_chars: PositiveInt = 256
+    forbidden_keys: list[str] = field(
+        default_factory=lambda: ["api_base", "base_url", "extra_headers", "api_key", "azure_endpoint"])
+    max_response_bytes: PositiveInt = 32 * 1024 * 1024
 
 
 class Config(_Section):
@@ -249,6 +272,7 @@ class Config(_Section):
     admin: AdminConfig = field(default_factory=AdminConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     tracing: TracingConfig = field(default_factory=TracingConfig)
+    requests: RequestsConfig = field(default_factory=RequestsConfig)
 
     def redacted(self) -> dict[str, Any]:
         """A plain-data view for printing: secrets appear as their source (``env:NAME``) only."""
@@ -498,6 +522,8 @@ def _check(config: Config) -> None:
         except ValueError:
             errors.append(f"limits.trusted_proxies[{i}]: expected an IP network like 10.0.0.0/8, got {_describe(cidr)}")
     errors.extend(_billing_problems(config))
+    if config.admin.port is not None and config.admin.port == config.server.port:
+        errors.append("admin.port: must differ from server.port (the admin listener is a second one)")
     if config.state.backend == "redis" and not config.state.url:
         errors.append('state.url: required when state.backend = "redis" (e.g. "redis://127.0.0.1:6379/0")')
     if config.metrics.enabled and config.metrics.require_admin_key and not config.admin.key:

@@ -24,6 +24,7 @@ from .observability.tracing import attempt_span
 from .providers.upstream import Upstream, UpstreamResponse
 from .responses import send_bytes, send_error
 from .routing import Router
+from .scrub import host_needles, scrub_internals
 from .streaming import UsageChunkStripper, UsageSniffer
 
 log = logging.getLogger("ccm_gateway.proxy")
@@ -157,7 +158,7 @@ def redact_credentials(body: bytes, upstream: Upstream) -> bytes:
         value = key.reveal().encode()
         if len(value) >= 8:
             body = body.replace(value, b"***").replace(value[:20], b"***")
-    return body
+    return scrub_internals(body, host_needles(upstream.base_url))  # hardening: internal hosts, URL credentials
 
 
 async def relay_error(send: Send, ex: Exchange, upstream: Upstream, resp: UpstreamResponse) -> None:
@@ -200,6 +201,9 @@ class Pipe:
         wire = WIRE[ex.dialect]
         content_type = resp.headers.get("content-type", "application/json")
         streaming = content_type.startswith("text/event-stream")
+        limit = None if streaming else self.upstream.max_response_bytes  # hardening: [requests] max_response_bytes
+        if limit is not None and int(resp.headers.get("content-length") or 0) > limit:
+            raise UpstreamUnavailable(f"upstream {self.upstream.name} answer exceeds {limit} bytes")
         headers = response_headers(ex, resp.headers)
         headers.append((b"content-type", content_type.encode("latin-1")))
         if streaming:
@@ -224,11 +228,14 @@ class Pipe:
                     chunk_at = now  # observability
                     if sniffer is not None:
                         sniffer.feed(chunk)
-                    elif kept is not None:
-                        kept.append(chunk)
+                    else:
                         kept_size += len(chunk)
-                        if kept_size > MAX_USAGE_BODY:
-                            kept = None
+                        if kept is not None:
+                            kept.append(chunk)
+                            if kept_size > MAX_USAGE_BODY:
+                                kept = None
+                        if limit is not None and kept_size > limit:  # hardening: 502, or cut off once started
+                            raise UpstreamUnavailable(f"upstream {self.upstream.name} answer exceeds {limit} bytes")
                     previous, last = last, chunk
                     if stripper is not None:
                         chunk = stripper.feed(chunk)

@@ -12,7 +12,8 @@ import logging
 from typing import Any
 
 from ..dialects import Dialect
-from ..errors import GatewayError, InvalidRequest, RequestTooLarge
+from ..dialects.registry import WIRE
+from ..errors import GatewayError, InvalidRequest, RequestTooLarge, ServiceUnavailable
 from ..exchange import STATE_KEY, Exchange
 from ..responses import send_error
 from .types import ASGIApp, Receive, Scope, Send
@@ -56,9 +57,15 @@ def operation_for(path: str) -> str:
 
 
 class ExchangeMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int = 32 * 1024 * 1024) -> None:
+    """``drain``: the ``shutdown.Drain`` that ends in-flight requests at shutdown; ``read_timeout``:
+    seconds the whole body may take to arrive (408 after)."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int = 32 * 1024 * 1024, drain: Any = None,
+                 read_timeout: float | None = None) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.drain = drain
+        self.read_timeout = read_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         dialect = dialect_for(scope) if scope["type"] == "http" else None
@@ -75,10 +82,18 @@ class ExchangeMiddleware:
             started = True
             await send(message)
 
+        ending = self.drain
+        task = ending.enter() if ending is not None else None
         try:
+            if ending is not None and ending.over:
+                raise ServiceUnavailable("the gateway is shutting down; retry the request")
             if scope["method"] == "POST":
-                ex.body = await read_body(scope, receive, self.max_body_bytes)
+                ex.body = await read_body_within(scope, receive, self.max_body_bytes, self.read_timeout)
             await self.app(scope, receive, send_tracked)
+        except asyncio.CancelledError:
+            if task is None or not ending.ended(task):
+                raise
+            await ended_by_shutdown(send, ex, started)
         except GatewayError as err:
             if started:
                 raise
@@ -91,6 +106,22 @@ class ExchangeMiddleware:
             log.exception("unhandled error", extra={"request_id": ex.request_id})
             err = GatewayError(f"internal gateway error (request {ex.request_id or 'unknown'})")
             await send_error(send, err, dialect, ex.request_id)
+        finally:
+            if task is not None:
+                ending.leave(task)
+
+
+async def ended_by_shutdown(send: Send, ex: Exchange, started: bool) -> None:
+    """The drain cancelled this request at the end of the grace period: a 503 when nothing was sent
+    yet, the dialect's error event when an SSE stream was under way (a JSON body already started
+    cannot be ended properly; the connection closes)."""
+    err = ServiceUnavailable("the gateway is shutting down; retry the request")
+    if not started:
+        await send_error(send, err, ex.dialect, ex.request_id)
+    elif ex.stream:
+        await send({"type": "http.response.body", "body": WIRE[ex.dialect].error_frame(err), "more_body": False})
+    else:
+        raise asyncio.CancelledError
 
 
 DRAIN_BYTES = 8 * 1024 * 1024
@@ -110,6 +141,17 @@ async def drain(receive: Receive) -> None:
                     return
     except TimeoutError:
         return
+
+
+async def read_body_within(scope: Scope, receive: Receive, limit: int, seconds: float | None) -> bytes:
+    """``read_body`` bounded in time: a client dribbling its body gets 408 (slowloris)."""
+    if seconds is None:
+        return await read_body(scope, receive, limit)
+    try:
+        async with asyncio.timeout(seconds):
+            return await read_body(scope, receive, limit)
+    except TimeoutError:
+        raise InvalidRequest(f"request body not received within {seconds:g}s", status=408) from None
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:

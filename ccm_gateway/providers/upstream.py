@@ -41,6 +41,8 @@ class UpstreamResponse(Protocol):
 class Upstream:
     """A configured provider: its kind, base URL, weighted credentials and HTTP session."""
 
+    max_response_bytes = 32 * 1024 * 1024  # a non-streaming answer's cap; the app sets [requests] max_response_bytes
+
     def __init__(self, name: str, config: ProviderConfig) -> None:
         self.name = name
         self.config = config
