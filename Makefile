@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format bench bench-full bench-peers profile check-config clean redis-server
+.PHONY: install run test lint format bench bench-full bench-peers profile soak check-config clean redis-server
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,9 @@ bench-peers: $(BENCH_STAMP) ## also measure the LiteLLM proxy (installed into .v
 
 profile: $(BENCH_STAMP) ## py-spy flame graph of the gateway under streaming load → benchmarks/results/profile.svg
 	$(BIN)/python -m benchmarks.profile
+
+soak: $(STAMP) ## 10 minutes of mixed traffic with 5% faults; RSS, fds, pools, tasks over time → docs/soak.md
+	$(BIN)/python -m benchmarks.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
