@@ -34,11 +34,13 @@ from .exchange import exchange_of
 from .middleware import AuthMiddleware, ExchangeMiddleware, RateLimitMiddleware, RequestIdMiddleware
 from .middleware.auth import key_table
 from .middleware.billing import BillingMiddleware
+from .middleware.breaker import BreakerMiddleware
 from .middleware.tokens import TokenCountMiddleware
 from .providers.mock import MockProvider
 from .providers.upstream import Upstream
 from .proxy import ChatEndpoint
-from .routing import Router
+from .resilience.health import Health
+from .routing import Router, serves
 from .state import backend_from_config
 from .tokens import TokenCounter, get_encoding
 from .usage_api import UsageEndpoint
@@ -62,6 +64,10 @@ class Gateway:
                                     cache_chars=config.tokens.cache_chars, cache_ttl=config.tokens.cache_ttl)
         self.meter = Meter(config)  # billing: prices, budgets, the usage ledger
         self.meter.route_price = _route_price(self.router, self.meter)
+        self.health = Health(config.resilience)  # breakers, cooldowns, the retry budget (one per process)
+        for route in self.router.routes.values():
+            self.health.register_group(route.name, route.members)
+        self.sharer: Any = None  # shares breaker state through Redis when [state] backend = "redis"
         self.started = False
         self.created = int(time.time())
 
@@ -71,13 +77,29 @@ class Gateway:
         if self.config.tokens.count_prompts:  # load the encoding now, not during the first request
             await asyncio.to_thread(get_encoding, "o200k_base")
         await self.meter.start()  # the usage ledger: recovery of a killed process's open requests, budgets
+        await self._share_health()
         self.started = True
         for upstream in self.upstreams.values():
             if not upstream.available:
                 log.info("provider %s has no API key configured; its models are unavailable", upstream.name)
 
+    async def _share_health(self) -> None:
+        """With Redis state, open breakers are shared with the other instances (the state backend's client)."""
+        if self.sharer is not None or self.config.state.backend != "redis" or not self.config.resilience.enabled:
+            return
+        from .resilience.shared import HealthSharer
+
+        client = getattr(getattr(self.state, "primary", None), "client", None)
+        if client is None:
+            return
+        self.sharer = HealthSharer(self.health, client, "ccm:health:", self.config.resilience.share_interval)
+        await self.sharer.start()
+
     async def close(self) -> None:
         self.started = False
+        if self.sharer is not None:
+            sharer, self.sharer = self.sharer, None
+            await sharer.close()
         for upstream in self.upstreams.values():
             await upstream.close()
         await self.state.close()
@@ -105,7 +127,7 @@ def create_app(
     if not isinstance(config, Config):
         config = load_config(DEFAULT_CONFIG_PATH if config is None else config)
     gateway = Gateway(config)
-    chat = ChatEndpoint(gateway.router)
+    chat = ChatEndpoint(gateway.router, config.resilience if config.resilience.enabled else None)
     counting = CountTokensEndpoint(gateway.router, gateway.counter)
     routes = [
         Route("/v1/chat/completions", chat, methods=["POST"]),
@@ -123,6 +145,8 @@ def create_app(
         Middleware(RequestIdMiddleware),
         *_admin_stages(config, gateway),
         *_guard_stages(config, gateway),
+        *([Middleware(BreakerMiddleware, health=gateway.health, router=gateway.router)]
+          if config.resilience.enabled else []),
         *([Middleware(BillingMiddleware, meter=gateway.meter)] if config.billing.enabled else []),
         *middleware,
     ]
@@ -189,8 +213,20 @@ def _ready(gateway: Gateway):
         }
         models = [name for name, _ in gateway.router.listed()]
         ok = bool(models)  # sessions open at start-up, or lazily when mounted without lifespan
-        body = {"status": "ready" if ok else "not ready", "started": gateway.started,
-                "providers": providers, "models": models}
+        status = "ready" if ok else "not ready"
+        body: dict[str, Any] = {"status": status, "started": gateway.started, "providers": providers,
+                                "models": models}
+        if gateway.config.resilience.enabled:
+            health = gateway.health
+            members = health.snapshot()
+            blocked = [r.name for r in gateway.router.routes.values()
+                       if r.available and not any(serves(c, Dialect.OPENAI_CHAT) and health.available(c.member)
+                                                  for c in r.candidates)]
+            if ok and blocked:
+                ok, status = False, "not ready"
+            elif ok and any(m["state"] != "closed" or m["cooled_for"] or m["ejected_for"] for m in members.values()):
+                status = "degraded"  # still serving: some members are out
+            body.update(status=status, deployments=members, unavailable_models=blocked)
         return _json(body, 200 if ok else 503)
 
     return ready
