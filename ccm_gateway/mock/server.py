@@ -389,9 +389,9 @@ class MockUpstream:
             headers["content-type"] = "application/json"
         response = web.StreamResponse(headers=headers)
         response.content_length = len(body)
-        await response.prepare(request)
-        self.open_streams += 1
+        self.open_streams += 1  # before the head leaves, so a reader that has the head sees the count
         try:
+            await response.prepare(request)
             await asyncio.sleep(plan.stall_first_ms / 1000)
             await response.write(body)
             await response.write_eof()
@@ -409,7 +409,6 @@ class MockUpstream:
         headers["content-type"] = "text/event-stream"
         headers["cache-control"] = "no-cache"
         response = web.StreamResponse(headers=headers)
-        await response.prepare(request)
         delay = delay_ms / 1000
         result = StreamResult(model or "", len(events))
         if self.record:
@@ -419,9 +418,10 @@ class MockUpstream:
         reset_after = plan.reset_after if plan is not None else None
         stall_after = plan.stall_after if plan is not None else None
         drip = plan.drip_bytes if plan is not None else None
-        self.open_streams += 1
+        self.open_streams += 1  # before the head leaves, so a reader that has the head sees the count
         # A client hanging up mid-stream is normal in tests (e.g. cancellation); just stop writing.
         try:
+            await response.prepare(request)
             if stall_first:
                 await asyncio.sleep(stall_first)
             for position, event in enumerate(events):
