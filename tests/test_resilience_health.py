@@ -233,3 +233,30 @@ def test_listeners_see_transitions_and_remote_opens_obey_the_cap() -> None:
     assert not h.open_remote(A1, until)  # the cap holds for remote opens too
     assert not h.open_remote(A0, until - 10)  # never shortens
     assert seen == [(A0.id, "closed", "open")]
+
+
+def test_idle_ungrouped_members_are_forgotten_past_max_tracked() -> None:
+    clock = Clock()
+    h = health(clock, trip_after=3)
+    h.max_tracked = 10
+    h.register_group("gpt", [A0, A1])
+    failing = Member("direct", "u", "failing", 0)
+    for _ in range(3):
+        h.record(failing, Outcome.FAILURE)  # ungrouped and open: kept
+    h.record(C0, Outcome.RATE_LIMITED, retry_after=60)  # still cooling: kept
+
+    def spray(prefix: str, n: int) -> set[str]:  # a client asking for model names that fail once, then work
+        ids = set()
+        for i in range(n):
+            m = Member("direct", "u", f"{prefix}-{i}", 0)
+            h.record(m, Outcome.FAILURE)
+            h.record(m, Outcome.SUCCESS)
+            ids.add(m.id)
+        return ids
+
+    old = spray("old", 20)
+    assert old <= set(h.snapshot())  # failures in the window: nothing to forget yet
+    clock.advance(31)  # the old failures leave the 30-second window
+    new = spray("new", 5)
+    assert set(h.snapshot()) == {A0.id, A1.id, C0.id, failing.id} | new
+    assert h.member(A0.id) is A0 and h.member(failing.id) is failing and h.member("direct|u|old-0|k0") is None

@@ -44,6 +44,8 @@ ANTHROPIC_BILLING = b'{"type":"error","error":{"type":"billing_error","message":
     (402, ANTHROPIC_BILLING, Outcome.DEAD_KEY),
     (401, openai_error(401, "bad key"), Outcome.DEAD_KEY),
     (403, anthropic_error(403, "forbidden"), Outcome.DEAD_KEY),
+    (400, b'{"error":{"code":400,"status":"INVALID_ARGUMENT","details":[{"reason":"API_KEY_INVALID"}]}}',
+     Outcome.DEAD_KEY),  # Gemini refuses a key with a 400
     (200, OPENAI_QUOTA, Outcome.SUCCESS),  # a reply that merely talks about quotas
 ])
 def test_classify_status_and_body(status: int, body: bytes, expected: Outcome) -> None:

@@ -45,7 +45,12 @@ class Member:
 
 
 class Health:
-    """Per-process health of every member. Pure bookkeeping on an injected clock: no tasks, no I/O."""
+    """Per-process health of every member. Pure bookkeeping on an injected clock: no tasks, no I/O.
+
+    Members outside any registered group (direct ``provider/model`` requests) are tracked too; past
+    ``max_tracked`` of them, idle ones (closed, no recent failure) are forgotten so clients cannot grow it."""
+
+    max_tracked = 10_000
 
     def __init__(self, config: ResilienceConfig, clock: Callable[[], float] = time.monotonic,
                  rng: Callable[[], float] = random.random, wall: Callable[[], float] = time.time) -> None:
@@ -177,11 +182,29 @@ class Health:
     def _breaker(self, member: Member) -> Breaker:
         breaker = self._breakers.get(member)
         if breaker is None:
+            self._track(member)
             breaker = self._breakers[member] = Breaker(
                 self.config.breaker, member, clock=self.clock, rng=self._rng,
                 on_transition=self._transition, may_trip=self._may_trip)
-            self._by_id.setdefault(member.id, member)
         return breaker
+
+    def _track(self, member: Member) -> None:
+        if member.id not in self._by_id:
+            if len(self._by_id) >= self.max_tracked:
+                self._prune()
+            self._by_id[member.id] = member
+
+    def _prune(self) -> None:
+        """Forget ungrouped members with nothing to remember, and cooldowns / ejections that are over."""
+        now = self.clock()
+        grouped = self._member_groups
+        for m in [m for m, b in self._breakers.items()
+                  if m not in grouped and b.state is State.CLOSED and b.consecutive == 0 and b.failures == 0]:
+            del self._breakers[m]
+        self._cooled = {m: t for m, t in self._cooled.items() if t > now}
+        self._ejected = {c: t for c, t in self._ejected.items() if t > now}
+        self._by_id = {i: m for i, m in self._by_id.items()
+                       if m in grouped or m in self._breakers or m in self._cooled or m.credential in self._ejected}
 
     def _out(self, member: Member, now: float) -> bool:
         cooled = self._cooled.get(member)
@@ -213,6 +236,7 @@ class Health:
         seconds = policy.default if retry_after is None else min(max(retry_after, policy.min), policy.max)
         until = self.clock() + seconds
         if until > self._cooled.get(member, 0.0):
+            self._track(member)
             self._cooled[member] = until
 
     def _eject(self, member: Member) -> None:
@@ -222,8 +246,8 @@ class Health:
             log.warning("resilience: ejecting provider %s key #%d (%s) for %.0f s: the upstream refused the "
                         "credential or it is out of credit", member.provider, member.key_index, member.base_url,
                         self.config.cooldown.eject)
+        self._track(member)
         self._ejected[credential] = now + self.config.cooldown.eject
-        self._by_id.setdefault(member.id, member)
 
     def _may_trip(self, member: Any) -> bool:
         groups = self._member_groups.get(member)

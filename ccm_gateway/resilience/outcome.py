@@ -28,8 +28,9 @@ class Outcome(enum.Enum):
 
 _DEAD_STATUSES = frozenset({401, 402, 403})
 # Error bodies that mean "this credential cannot be used" whatever the status (OpenAI sends
-# insufficient_quota as a 429). Quoted so a message merely mentioning billing does not match.
-_DEAD_MARKERS = (b'"insufficient_quota"', b'"billing_error"', b'"billing_not_active"')
+# insufficient_quota as a 429, Gemini a bad key as a 400). Quoted so a message merely mentioning billing
+# does not match.
+_DEAD_MARKERS = (b'"insufficient_quota"', b'"billing_error"', b'"billing_not_active"', b'"API_KEY_INVALID"')
 _OVERLOADED = b'"overloaded_error"'
 _SNIFF = 4096  # error bodies put their type near the start; never scan a large body
 _RETRYABLE = frozenset({Outcome.FAILURE, Outcome.RATE_LIMITED, Outcome.DEAD_KEY})
