@@ -69,6 +69,23 @@ def test_failures_open_the_member_and_a_probe_closes_it() -> None:
     assert h.transitions == {("closed", "open"): 1, ("open", "half_open"): 1, ("half_open", "closed"): 1}
 
 
+def test_successes_before_the_first_failure_count_in_the_rate() -> None:
+    clock = Clock()
+    config = ResilienceConfig(breaker=BreakerPolicy(consecutive_failures=100, failure_rate=0.5, min_calls=10))
+    h = Health(config, clock=clock)
+    for _ in range(20):
+        h.record(A0, Outcome.SUCCESS)
+    for _ in range(10):
+        h.record(A0, Outcome.FAILURE)
+        h.record(A0, Outcome.SUCCESS)
+    assert h.available(A0)  # 10 failures in 40 calls
+    for _ in range(19):
+        h.record(A0, Outcome.FAILURE)
+    assert h.available(A0)  # 29 in 59: below half (the first 20 successes count)
+    h.record(A0, Outcome.FAILURE)
+    assert not h.available(A0)  # 30 in 60
+
+
 def test_client_errors_and_cancellations_do_not_count_but_free_the_probe() -> None:
     clock = Clock()
     h = health(clock, trip_after=2)

@@ -111,9 +111,7 @@ class Health:
     def record(self, member: Member, outcome: Outcome, retry_after: float | None = None) -> None:
         """The outcome of an attempt on ``member`` (``retry_after``: what the upstream asked, in seconds)."""
         if outcome is Outcome.SUCCESS:
-            breaker = self._breakers.get(member)
-            if breaker is not None:
-                breaker.success()
+            self._breaker(member).success()  # successes count in the failure-rate window from the start
         elif outcome is Outcome.FAILURE:
             if retry_after is not None:
                 retry_after = min(max(retry_after, 0.0), self.config.breaker.open_max)
