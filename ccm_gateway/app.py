@@ -92,7 +92,7 @@ class Gateway:
         client = getattr(getattr(self.state, "primary", None), "client", None)
         if client is None:
             return
-        self.sharer = HealthSharer(self.health, client, "ccm:health:", self.config.resilience.share_interval)
+        self.sharer = HealthSharer(self.health, client, "ccm:breaker:", self.config.resilience.share_interval)
         await self.sharer.start()
 
     async def close(self) -> None:

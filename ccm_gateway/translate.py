@@ -31,6 +31,7 @@ from .proxy import (
     ANTHROPIC_VERSION,
     MAX_USAGE_BODY,
     Opened,
+    open_attempt,
     prepend,
     redact_credentials,
     response_headers,
@@ -112,6 +113,20 @@ class Translated:
             headers["anthropic-version"] = ANTHROPIC_VERSION
         headers.update(self.upstream.auth_headers(self.key))
         return headers
+
+    async def run(self, send: Send) -> None:
+        """One attempt, no retries (tests and embedders that drive a translation themselves)."""
+        opened = await open_attempt(self, self.ex, self.timeouts.deadline)
+        if isinstance(opened, Failure):
+            if opened.status is None:
+                assert isinstance(opened.error, GatewayError)
+                raise opened.error
+            await self.relay(send, opened)
+            return
+        try:
+            await self.deliver(send, opened)
+        finally:
+            opened.resp.close()
 
     async def deliver(self, send: Send, opened: Opened) -> bool:
         """Serve an attempt past its commit point; False when the upstream failed while serving it."""
