@@ -175,6 +175,19 @@ def test_late_answers_while_open_change_nothing() -> None:
     assert seen == [("closed", "open")]
 
 
+def test_half_open_ignores_answers_while_no_probe_is_out() -> None:
+    clock = Clock()
+    b, _ = make(clock, consecutive_failures=1, half_open_successes=1)
+    b.failure()
+    clock.advance(5)
+    b.success()  # a request sent before the trip finishes now: not a probe
+    b.failure()
+    assert b.state is State.HALF_OPEN and b.trips == 1
+    assert b.try_acquire()
+    b.success()
+    assert b.state is State.CLOSED
+
+
 def test_trip_count_decays_after_staying_closed_for_open_max() -> None:
     clock = Clock()
     b, _ = make(clock, consecutive_failures=1, half_open_successes=1, open_base=5, open_max=60)

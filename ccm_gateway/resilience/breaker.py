@@ -74,11 +74,15 @@ class Breaker:
 
     def available(self) -> bool:
         """Would a request be let through now? Does not take the half-open probe slot."""
+        if self._state is State.CLOSED:
+            return True
         state = self.state
         return state is State.CLOSED or (state is State.HALF_OPEN and not self._probe)
 
     def try_acquire(self) -> bool:
         """Call right before sending: True if the request may go; in half-open, takes the one probe slot."""
+        if self._state is State.CLOSED:
+            return True
         state = self.state
         if state is State.CLOSED:
             return True
@@ -88,11 +92,10 @@ class Breaker:
         return False
 
     def success(self) -> None:
-        state = self.state
-        if state is State.CLOSED:
+        if self._state is State.CLOSED:  # the common case, first
             self.consecutive = 0
             self._calls.add(self._clock(), a=1)
-        elif state is State.HALF_OPEN:
+        elif self.state is State.HALF_OPEN and self._probe:  # no probe out: a late answer from before the trip
             self._probe = False
             self.successes += 1
             if self.successes >= self.policy.half_open_successes:
@@ -108,10 +111,10 @@ class Breaker:
             if self.consecutive >= policy.consecutive_failures or (
                     calls.a >= policy.min_calls and calls.b >= policy.failure_rate * calls.a):
                 self.trip(retry_after)
-        elif state is State.HALF_OPEN:
+        elif state is State.HALF_OPEN and self._probe:
             self._probe = False
             self._open(retry_after)
-        # open: a late answer to a request sent before the trip changes nothing
+        # open, or half-open without a probe out: a late answer to a request sent before the trip changes nothing
 
     def release(self) -> None:
         """The attempt said nothing about health (cancelled, client error, rate limit): free the probe slot."""

@@ -95,15 +95,14 @@ class Health:
 
     def available(self, member: Member) -> bool:
         """Closed, not cooled and not ejected — or half-open with its probe slot free (not taken here)."""
-        now = self.clock()
-        if self._out(member, now):
+        if (self._cooled or self._ejected) and self._out(member, self.clock()):
             return False
         breaker = self._breakers.get(member)
         return breaker is None or breaker.available()
 
     def acquire(self, member: Member) -> bool:
         """Call right before sending: False if the member may not be tried now; takes a half-open probe slot."""
-        if self._out(member, self.clock()):
+        if (self._cooled or self._ejected) and self._out(member, self.clock()):
             return False
         breaker = self._breakers.get(member)
         return breaker is None or breaker.try_acquire()
