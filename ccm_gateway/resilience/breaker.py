@@ -76,17 +76,13 @@ class Breaker:
         """Would a request be let through now? Does not take the half-open probe slot."""
         if self._state is State.CLOSED:
             return True
-        state = self.state
-        return state is State.CLOSED or (state is State.HALF_OPEN and not self._probe)
+        return self.state is State.HALF_OPEN and not self._probe
 
     def try_acquire(self) -> bool:
         """Call right before sending: True if the request may go; in half-open, takes the one probe slot."""
         if self._state is State.CLOSED:
             return True
-        state = self.state
-        if state is State.CLOSED:
-            return True
-        if state is State.HALF_OPEN and not self._probe:
+        if self.state is State.HALF_OPEN and not self._probe:
             self._probe = True
             return True
         return False
