@@ -30,6 +30,9 @@ ANTHROPIC_BILLING = b'{"type":"error","error":{"type":"billing_error","message":
     (529, ANTHROPIC_OVERLOADED, Outcome.FAILURE),
     (529, b"", Outcome.FAILURE),
     (520, b"", Outcome.FAILURE),  # any other 5xx (e.g. a CDN's) is the upstream's trouble too
+    (408, b"", Outcome.FAILURE),  # the upstream gave up waiting for our request: the path, not the client
+    (501, b"", Outcome.CLIENT_ERROR),  # about the request, not the deployment's health
+    (505, b"", Outcome.CLIENT_ERROR),
     (400, ANTHROPIC_OVERLOADED, Outcome.FAILURE),  # an overloaded_error body whatever the status
     (400, OPENAI_CONTEXT, Outcome.CLIENT_ERROR),
     (400, b"", Outcome.CLIENT_ERROR),

@@ -32,6 +32,9 @@ _DEAD_STATUSES = frozenset({401, 402, 403})
 # does not match.
 _DEAD_MARKERS = (b'"insufficient_quota"', b'"billing_error"', b'"billing_not_active"', b'"API_KEY_INVALID"')
 _OVERLOADED = b'"overloaded_error"'
+# 5xx that describe the request rather than the deployment's health; 408: the upstream gave up waiting for
+# our request bytes, a problem of the path to it (the SDKs retry it too).
+_REQUEST_5XX = frozenset({501, 505})
 _SNIFF = 4096  # error bodies put their type near the start; never scan a large body
 _RETRYABLE = frozenset({Outcome.FAILURE, Outcome.RATE_LIMITED, Outcome.DEAD_KEY})
 
@@ -51,8 +54,8 @@ def classify(status: int | None, body: bytes = b"", *, timeout: bool = False, co
         return Outcome.DEAD_KEY
     if status == 429:
         return Outcome.RATE_LIMITED
-    if status >= 500 or (head and _OVERLOADED in head):  # 500/502/503/504, 529 and any other 5xx
-        return Outcome.FAILURE
+    if (status >= 500 and status not in _REQUEST_5XX) or status == 408 or (head and _OVERLOADED in head):
+        return Outcome.FAILURE  # 500/502/503/504, 529, a CDN's 52x, …
     return Outcome.CLIENT_ERROR
 
 
