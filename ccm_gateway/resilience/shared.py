@@ -68,7 +68,10 @@ class HealthSharer:
 
     async def _run(self) -> None:
         while True:
-            await self.sync()
+            try:
+                await self.sync()
+            except Exception as exc:  # whatever goes wrong, sharing must not end for the process' lifetime
+                self._failed(exc)
             await asyncio.sleep(self.interval)
 
     def _on_transition(self, member: Member, old: State, new: State) -> None:
