@@ -68,7 +68,7 @@ class ChatEndpoint:
             start = 1
         health = ex.health
         policy = self.resilience.retry if health is not None and self.resilience is not None else None
-        plan = Attempts(chain, ex.dialect, health, policy, self._affinity(scope, ex), start)
+        plan = Attempts(chain, ex.dialect, health, policy, self._affinity(scope, ex), start, self.router.routes.get)
         ex.route = route.name
         await until_disconnect(self._run(scope, send, ex, plan), receive, ex)
 

@@ -238,6 +238,8 @@ def _rendezvous(items: list[Candidate], weights: list[float], affinity: str,
 
 def choose(pool: list[Candidate], affinity: str | None) -> Candidate:
     """A deployment by its weight, then one of its credentials by theirs (rendezvous with affinity)."""
+    if len(pool) == 1:
+        return pool[0]
     by_deployment: dict[str, list[Candidate]] = {}
     for c in pool:
         by_deployment.setdefault(c.deployment.label, []).append(c)
@@ -257,10 +259,20 @@ def choose(pool: list[Candidate], affinity: str | None) -> Candidate:
 
 def blocked_for(chain: list[Route], dialect: Dialect, health: Health) -> float | None:
     """None when some member of the routes can serve now; else seconds until the soonest may again."""
-    members = [c.member for r in chain for c in r.candidates if serves(c, dialect)]
-    if not members or any(health.available(m) for m in members):
+    members: list[Member] = []
+    for route in chain:
+        for c in route.candidates:
+            if serves(c, dialect):
+                if health.available(c.member):
+                    return None  # the common case: the first member can serve
+                members.append(c.member)
+    if not members:
         return None
     return health.reopen_in(members) or 0.0
+
+
+# Error-body markers of a content-policy refusal (OpenAI and Azure codes).
+_CONTENT_POLICY = (b"content_policy_violation", b"content_filter", b"responsible_ai_policy")
 
 
 class Failure:
@@ -285,11 +297,13 @@ class Attempts:
     with ``last``'s error. Without a Health (the breaker stage is off) there is exactly one attempt."""
 
     __slots__ = ("affinity", "chain", "count", "deadline", "dialect", "excluded", "health", "in_route", "last",
-                 "policy", "position", "tried", "tried_deployments")
+                 "policy", "position", "resolve", "tried", "tried_deployments")
 
     def __init__(self, chain: list[Route], dialect: Dialect, health: Health | None, policy: RetryPolicy | None,
-                 affinity: str | None = None, start_at: int = 0) -> None:
+                 affinity: str | None = None, start_at: int = 0,
+                 resolve: Callable[[str], Route | None] | None = None) -> None:
         self.chain = chain
+        self.resolve = resolve  # configured route by name (content-policy fallbacks)
         self.dialect = dialect
         self.health = health
         self.policy = policy
@@ -315,7 +329,11 @@ class Attempts:
         if self.count == 0:
             return self._take(self._first())
         health, policy = self.health, self.policy
-        if health is None or policy is None or last is None or not retryable(last.outcome):
+        if health is None or policy is None or last is None:
+            return None
+        if last.outcome is Outcome.CLIENT_ERROR and self._content_policy(last):
+            return self._take(self._first()) if health.retry_budget().withdraw() else None
+        if not retryable(last.outcome):
             return None
         if self.remaining() <= 0 or not health.retry_budget().withdraw():
             return None
@@ -340,6 +358,19 @@ class Attempts:
             self.position += 1
             self.in_route = 0
         return None
+
+    def _content_policy(self, last: Failure) -> bool:
+        """The upstream refused the content: move to the route's content-policy fallbacks (once)."""
+        names = self.route.content_policy_fallbacks
+        if not names or self.resolve is None or not any(m in last.body[:4096] for m in _CONTENT_POLICY):
+            return False
+        routes = [r for n in names if (r := self.resolve(n)) is not None and r not in self.chain]
+        if not routes:
+            return False
+        self.chain = [*self.chain[:self.position + 1], *routes]
+        self.position += 1
+        self.in_route = 0
+        return True
 
     def _usable(self, route: Route) -> list[Candidate]:
         health, dialect, excluded = self.health, self.dialect, self.excluded

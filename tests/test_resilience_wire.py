@@ -36,7 +36,8 @@ def test_a_retried_request_is_billed_once_with_the_attempt_that_served(upstream:
 def test_a_stream_is_not_cut_by_the_json_deadline(upstream: MockUpstream, dialect: str, kind: str) -> None:
     raw = config(upstream, kind, "unused")
     raw["providers"]["a"]["timeout"] = {"first_byte": 1.0, "idle": 1.0, "deadline": 0.5}
-    raw["models"].append({"name": "slow", "targets": [{"provider": "a", "model": "m+chunks=5+delay_ms=250+text=abcde"}]})
+    slow = "m+chunks=5+delay_ms=250+text=abcde"
+    raw["models"].append({"name": "slow", "targets": [{"provider": "a", "model": slow}]})
     with serve(raw) as gw:
         r = post(gw, dialect, "slow", stream=True)  # about 1 s of events, every gap well inside idle
         assert r.status_code == 200 and text_of(dialect, r) == "abcde"
@@ -78,7 +79,7 @@ def test_a_client_that_leaves_during_a_probe_frees_the_probe_slot(upstream: Mock
         body = {"model": "duo", "stream": True, "messages": [{"role": "user", "content": "x"}]}
         for probe in (4, 5):  # the second probe is only possible if the first one's slot came back
             with httpx.stream("POST", gw.base_url + "/v1/chat/completions", json=body, timeout=10) as r:
-                assert r.headers["x-ccm-deployment"] == f"a/{flaky}"
+                assert r.headers["x-ccm-deployment"] == f"a/{flaky}", (probe, member_state(gw, "a", flaky))
                 assert next(r.iter_lines()).startswith("data: ")
             wait_for(lambda: upstream.open_streams == 0, seconds=2.0)
             assert upstream.hits(flaky) == probe
@@ -98,3 +99,18 @@ def test_resilience_config_mistakes_are_named(patch: dict, problem: str) -> None
     with pytest.raises(ConfigError) as info:
         load_config(raw, env={}, dotenv=False)
     assert problem in str(info.value)
+
+
+def test_a_content_policy_refusal_goes_to_the_content_policy_fallback(upstream: MockUpstream) -> None:
+    refused = unique("m+status=400+error_type=content_policy_violation")
+    raw = config(upstream, "openai", "unused", models=[
+        {"name": "guarded", "targets": [{"provider": "a", "model": refused}], "content_policy_fallbacks": ["lenient"]},
+        {"name": "plain", "targets": [{"provider": "a", "model": refused}]},
+        {"name": "lenient", "targets": [{"provider": "b", "model": "ok"}]}])
+    with serve(raw) as gw:
+        r = post(gw, "openai", "guarded")
+        assert r.status_code == 200 and r.headers["x-ccm-fallback"] == "lenient"
+        assert r.headers["x-ccm-attempts"] == "2"
+        refused_here = post(gw, "openai", "plain")  # no such fallback: the client's 400 as the upstream said it
+        assert refused_here.status_code == 400 and "content_policy_violation" in refused_here.text
+        assert member_state(gw, "a", refused)["failures"] == 0
