@@ -170,7 +170,11 @@ def _guard_stages(config: Config, gateway: Gateway) -> list[Middleware]:
     lim = config.limits
     keyed = auth and any(k.rpm or k.tpm or k.concurrency for k in config.keys)
     if keyed or any((lim.rpm, lim.tpm, lim.concurrency, lim.ip_rpm, lim.ip_tpm, lim.ip_concurrency)):
-        ttl = max((p.timeout.deadline for p in config.providers.values()), default=600.0) + 5.0
+        # A slot outlives the longest request: all attempts (request_deadline) or a capped stream. A stream
+        # without stream_deadline can outlive it; its slot is still released when it ends.
+        longest = [config.resilience.retry.request_deadline if config.resilience.enabled else 0.0]
+        longest += [max(p.timeout.deadline, p.timeout.stream_deadline or 0.0) for p in config.providers.values()]
+        ttl = max(longest, default=600.0) + 5.0
         stages.append(Middleware(RateLimitMiddleware, limits=lim, backend=gateway.state, ttl=ttl))
     return stages
 

@@ -340,16 +340,17 @@ class Attempts:
         while self.position < len(self.chain):
             if self.in_route < policy.max_attempts:
                 choice = self._retry_pick()
-                wait = last.retry_after
-                if choice is None and wait is not None and self.in_route > 0 and self.last is not None \
-                        and 0 <= wait < min(self.remaining(), health.config.cooldown.max):
+                waited = False
+                if choice is None and last.retry_after is not None and self.in_route > 0 and self.last is not None:
                     # Nothing else to try here: honour the Retry-After when it fits the deadline, then
-                    # try that member again; otherwise the fallbacks at once.
-                    await asyncio.sleep(wait)
-                    self.excluded.discard(self.last.member.id)
-                    choice = self._retry_pick()
+                    # try again; otherwise the fallbacks at once.
+                    wait = max(last.retry_after, health.reopen_in(self.route.members) or 0.0)
+                    if wait < min(self.remaining(), health.config.cooldown.max):
+                        await asyncio.sleep(wait)
+                        self.excluded.discard(self.last.member.id)
+                        choice, waited = self._retry_pick(), True
                 if choice is not None:
-                    if choice.deployment.label in self.tried_deployments:  # staying on it: back off first
+                    if not waited and choice.deployment.label in self.tried_deployments:  # staying: back off
                         pause = min(backoff(self.count, policy.backoff_base, policy.backoff_max, random.random),
                                     max(self.remaining(), 0.0))
                         if pause > 0:
