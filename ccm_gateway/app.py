@@ -222,7 +222,7 @@ def _ready(gateway: Gateway):
                                 "models": models}
         if gateway.config.resilience.enabled:
             health = gateway.health
-            members = health.snapshot()
+            members = _member_states(health)
             blocked = [r.name for r in gateway.router.routes.values()
                        if r.available and not any(serves(c, Dialect.OPENAI_CHAT) and health.available(c.member)
                                                   for c in r.candidates)]
@@ -234,6 +234,20 @@ def _ready(gateway: Gateway):
         return _json(body, 200 if ok else 503)
 
     return ready
+
+
+def _member_states(health: Health) -> dict[str, dict[str, Any]]:
+    """``health.snapshot()`` keyed ``provider/model#k<key index>``: no base URL (it may carry credentials)."""
+    out: dict[str, dict[str, Any]] = {}
+    for member_id, state in health.snapshot().items():
+        m = health.member(member_id)
+        if m is not None:
+            out[f"{m.provider}/{m.model}#k{m.key_index}"] = state
+        else:  # id = provider|base_url|model|k<index>
+            provider, _, rest = member_id.partition("|")
+            rest, _, key = rest.rpartition("|")
+            out[f"{provider}/{rest.partition('|')[2]}#{key}"] = state
+    return out
 
 
 def _models(gateway: Gateway):

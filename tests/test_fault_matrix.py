@@ -102,11 +102,10 @@ def text_of(dialect: str, r: httpx.Response) -> str:
 
 
 def member_state(gw: ServerThread, name: str, model: str, key: int = 0) -> dict[str, Any]:
-    """A member's breaker state from ``/ready`` (ids: provider|base_url|model|k<index>)."""
+    """A member's breaker state from ``/ready`` (keyed provider/model#k<key index>, never a URL)."""
     deployments = httpx.get(gw.base_url + "/ready", timeout=5).json()["deployments"]
-    found = [v for k, v in deployments.items() if k.startswith(f"{name}|") and k.endswith(f"|{model}|k{key}")]
-    assert len(found) == 1, deployments
-    return found[0]
+    assert not any("127.0.0.1" in k for k in deployments)
+    return deployments[f"{name}/{model}#k{key}"]
 
 
 def wait_for(predicate: Any, seconds: float = 5.0) -> None:
