@@ -415,3 +415,28 @@ def test_resilience_off_makes_exactly_one_attempt(upstream: MockUpstream) -> Non
             r = post(gw, "openai", "solo")
             assert r.status_code == 503 and "x-ccm-attempts" not in r.headers
         assert upstream.hits(bad) == 4
+
+
+@pytest.mark.parametrize(("dialect", "kind"), PATHS, ids=PATH_IDS)
+def test_a_stream_cut_mid_way_ends_with_an_error_event_and_is_not_retried(upstream: MockUpstream, dialect: str,
+                                                                          kind: str) -> None:
+    events = 3 if kind == "openai" else 5
+    cut = unique(f"m+chunks=4+reset_after={events}+text=abcdefgh")
+    with serve(config(upstream, kind, cut, unique("ok"))) as gw:
+        r = post(gw, dialect, stream=True)
+        assert r.status_code == 200 and r.headers["x-ccm-attempts"] == "1"
+        last = frames(r.text)[-1]
+        assert last[0] == "error" if dialect == "anthropic" else '"error"' in last[1]
+        text = text_of(dialect, r)
+        assert text and "abcdefgh".startswith(text) and text != "abcdefgh"
+        assert upstream.hits(cut) == 1
+
+
+@pytest.mark.parametrize(("dialect", "kind"), PATHS, ids=PATH_IDS)
+def test_a_slow_drip_is_served_whole_and_once(upstream: MockUpstream, dialect: str, kind: str) -> None:
+    drip = unique("m+chunks=3+drip_bytes=16+delay_ms=5+text=abcdef")  # events written 16 bytes at a time
+    with serve(config(upstream, kind, drip)) as gw:
+        r = post(gw, dialect, stream=True)
+        assert r.status_code == 200 and r.headers["x-ccm-attempts"] == "1"
+        assert text_of(dialect, r) == "abcdef"
+        assert upstream.hits(drip) == 1
