@@ -1,6 +1,8 @@
-"""The chat endpoint: pick a deployment, send the request bytes upstream, pipe the answer back.
+"""The chat endpoint: pick a member, send the request bytes upstream, pipe the answer back.
 
-Same protocol on both sides is pass-through: the body goes upstream with only the model name
+Attempts follow ``routing.Attempts``; each one reaches its commit point (``open_attempt``) before
+anything is written to the client, so a failure up to there is retried elsewhere. Same protocol on
+both sides is pass-through: the body goes upstream with only the model name
 changed, and the upstream's bytes — JSON or SSE — are written to the client as they arrive. Each
 ``send`` is awaited, so a slow client slows the upstream read instead of filling a queue; a client
 that hangs up cancels the upstream read at once.

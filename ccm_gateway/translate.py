@@ -1,12 +1,12 @@
 """The translated path: a client of one dialect served by an upstream of another (PROTOCOLS §4).
 
-A sibling of ``proxy.Pipe``. The client request is decoded into the canonical model and the upstream
-body built from it; the upstream's answer is decoded into canonical events (streams) or a canonical
-response (JSON) and encoded for the client. Nothing is sent to the client before the first upstream
-event is understood, so an upstream error up to then is a normal JSON error with its mapped status;
-after that, failures end the stream with the client dialect's error frame. During long upstream
-silence the client gets keep-alives (Anthropic ``ping``, OpenAI ``: keep-alive``) so idle timeouts
-downstream do not kill the stream (P10).
+A sibling of ``proxy.PassThrough`` in the endpoint's attempt loop. The client request is decoded
+into the canonical model and the upstream body built from it; the upstream's answer is decoded into
+canonical events (streams) or a canonical response (JSON) and encoded for the client. Nothing is
+sent to the client before the first upstream event is understood, so an upstream error up to then is
+a normal JSON error with its mapped status; after that, failures end the stream with the client
+dialect's error frame. During long upstream silence the client gets keep-alives (Anthropic ``ping``,
+OpenAI ``: keep-alive``) so idle timeouts downstream do not kill the stream (P10).
 """
 
 from __future__ import annotations
