@@ -260,8 +260,9 @@ class PassThrough:
 
 
 def send_options(deployment: Deployment) -> dict[str, float]:
-    """A route's ``timeout`` overrides for ``Upstream.send`` (nothing when the route sets none)."""
-    if deployment.timeout is None:
+    """A route's ``timeout`` overrides for ``Upstream.send`` (nothing when the route sets none; the
+    in-process mock provider has no network timeouts to override)."""
+    if deployment.timeout is None or deployment.upstream.kind.name == "mock":
         return {}
     base, own = deployment.upstream.timeout, deployment.timeout
     options = {}
