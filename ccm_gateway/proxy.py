@@ -22,7 +22,14 @@ import msgspec
 from .config import Timeouts
 from .dialects import Dialect, openai_chat
 from .dialects.registry import WIRE
-from .errors import GatewayError, ServiceUnavailable, UpstreamTimeout, UpstreamUnavailable, error_for_status
+from .errors import (
+    GatewayError,
+    Overloaded,
+    ServiceUnavailable,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    error_for_status,
+)
 from .exchange import Exchange, exchange_of
 from .middleware.types import Receive, Scope, Send
 from .providers.upstream import Upstream, UpstreamResponse
@@ -40,6 +47,8 @@ MAX_USAGE_BODY = 16 * 1024 * 1024
 # Upstream response headers worth handing to the client (names lower-case).
 _PROPAGATE = frozenset({"request-id", "retry-after", "retry-after-ms", "openai-processing-ms"})
 _PROPAGATE_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
+# Error types in an upstream's own stream error event that count against the deployment (not the client's errors).
+_UPSTREAM_FAULTS = (b"overloaded_error", b"api_error")
 # Stream terminators: a stream that ends without one was cut off upstream.
 _ENDINGS = {Dialect.OPENAI_CHAT: (b"[DONE]",), Dialect.ANTHROPIC_MESSAGES: (b"message_stop", b"event: error")}
 
@@ -212,6 +221,9 @@ async def open_attempt(call: Any, ex: Exchange, remaining: float) -> Opened | Fa
     if not first:
         resp.close()
         return Failure(classify(None), error=UpstreamUnavailable(f"upstream {upstream.name} ended the stream early"))
+    if first.startswith(b"event: error") and any(e in first for e in _UPSTREAM_FAULTS):
+        resp.close()  # an Anthropic stream that is only an "overloaded" error: nothing reached the client yet
+        return Failure(classify(None), error=Overloaded(f"upstream {upstream.name} is overloaded"))
     return Opened(resp, deadline, chunks, first)
 
 
@@ -454,7 +466,8 @@ class Pipe:
         if stripper is not None and (rest := stripper.close()):
             await send({"type": "http.response.body", "body": rest, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-        return not streaming or b"event: error" not in tail
+        # An upstream error event ends an Anthropic stream "properly": overloaded/api errors still count.
+        return not streaming or b"event: error" not in tail or not any(e in tail for e in _UPSTREAM_FAULTS)
 
 
     async def _fail(self, err: GatewayError, streaming: bool) -> None:

@@ -440,3 +440,23 @@ def test_a_slow_drip_is_served_whole_and_once(upstream: MockUpstream, dialect: s
         assert r.status_code == 200 and r.headers["x-ccm-attempts"] == "1"
         assert text_of(dialect, r) == "abcdef"
         assert upstream.hits(drip) == 1
+
+
+@pytest.mark.parametrize("dialect", ["anthropic", "openai"])
+def test_an_anthropic_stream_that_opens_with_an_overloaded_error_is_retried(upstream: MockUpstream,
+                                                                            dialect: str) -> None:
+    overloaded = unique("m+script=ant_error_first")
+    with serve(config(upstream, "anthropic", overloaded)) as gw:
+        r = post(gw, dialect, stream=True)
+        assert r.status_code == 200 and r.headers["x-ccm-deployment"] == "b/ok"
+        assert r.headers["x-ccm-attempts"] == "2" and text_of(dialect, r)
+        assert member_state(gw, "a", overloaded)["failures"] == 1
+
+
+def test_an_overloaded_error_after_text_ends_the_stream_and_counts_as_a_failure(upstream: MockUpstream) -> None:
+    overloaded = unique("m+script=ant_error")
+    with serve(config(upstream, "anthropic", overloaded)) as gw:
+        r = post(gw, "anthropic", stream=True)
+        assert r.status_code == 200 and r.headers["x-ccm-attempts"] == "1"
+        assert frames(r.text)[-1][0] == "error" and text_of("anthropic", r) == "Partial"
+        assert member_state(gw, "a", overloaded)["failures"] == 1
