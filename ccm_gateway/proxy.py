@@ -71,7 +71,6 @@ class ChatEndpoint:
         assert ex is not None, "ChatEndpoint needs ExchangeMiddleware in front of it"
         head = ex.head()
         route = self.router.resolve(head.model)
-        route.check(ex.dialect)  # no key configured / no codec: the same errors as before any attempt
         chain = self.router.chain(route)
         start = 0
         if ex.fallback is not None:  # the token stage chose a context-window fallback
@@ -136,6 +135,7 @@ class ChatEndpoint:
             finally:
                 plan.record(choice, outcome, retry_after)
         if last is None:
+            plan.route.check(ex.dialect)  # no key configured / no codec: the errors a single pick gave
             raise all_open(ex, plan)
         await relay_failure(send, ex, last)
 

@@ -89,8 +89,8 @@ ADHOC_ROUTES = 4096  # direct/detected routes kept; the cache starts over when f
 
 
 class Route:
-    __slots__ = ("_cum", "candidates", "content_policy_fallbacks", "context_window", "context_window_fallbacks",
-                 "deployments", "fallbacks", "max_output_tokens", "name")
+    __slots__ = ("_cum", "candidates", "chain", "content_policy_fallbacks", "context_window",
+                 "context_window_fallbacks", "deployments", "fallbacks", "max_output_tokens", "name")
 
     def __init__(self, name: str, deployments: list[Deployment], fallbacks: list[str] | None = None,
                  max_output_tokens: int | None = None, context_window: int | None = None, *,
@@ -105,6 +105,7 @@ class Route:
         self.max_output_tokens = max_output_tokens  # clamp for translated requests (P17)
         self._cum = list(itertools.accumulate(d.weight for d in deployments))
         self.candidates = [c for d in deployments for c in candidates_of(d)]
+        self.chain: list[Route] | None = None  # Router.chain's answer, once computed
 
     @property
     def members(self) -> list[Member]:
@@ -176,12 +177,16 @@ class Router:
         }
 
     def chain(self, route: Route) -> list[Route]:
-        """The route, then its fallbacks, then the default fallbacks (each route once)."""
+        """The route, then its fallbacks, then the default fallbacks (each route once; kept on the route,
+        which never changes). Callers must not modify the list."""
+        if route.chain is not None:
+            return route.chain
         out = [route]
         for name in (*route.fallbacks, *self.default_fallbacks):
             fallback = self.routes.get(name)
             if fallback is not None and fallback not in out:
                 out.append(fallback)
+        route.chain = out
         return out
 
     def resolve(self, name: str) -> Route:
@@ -315,8 +320,7 @@ class Attempts:
         self.tried_deployments: set[str] = set()
         self.excluded: set[str] = set()  # busy half-open members, rate-limited and refused credentials
         self.last: Candidate | None = None
-        loop = asyncio.get_running_loop()
-        self.deadline = loop.time() + (policy.request_deadline if policy is not None else math.inf)
+        self.deadline = math.inf if policy is None else asyncio.get_running_loop().time() + policy.request_deadline
 
     @property
     def route(self) -> Route:
