@@ -188,9 +188,10 @@ def _admin_stages(config: Config, gateway: Gateway) -> list[Middleware]:
 
 
 def _route_price(router: Router, meter: Meter) -> Callable[[str], Price | None]:
-    """The price a reservation assumes for a model name: its route's dearest deployment."""
+    """The price a reservation assumes for a model name: the dearest deployment of its route and its
+    fallbacks (any of them may serve it)."""
     def price(name: str) -> Price | None:
-        deployments = router.resolve(name).deployments
+        deployments = [d for route in router.chain(router.resolve(name)) for d in route.deployments]
         prices = [p for d in deployments if (p := meter.prices.for_deployment(d.label)) is not None]
         return max(prices, key=lambda p: p.base.output + p.base.input, default=None)
 

@@ -114,3 +114,16 @@ def test_a_content_policy_refusal_goes_to_the_content_policy_fallback(upstream: 
         refused_here = post(gw, "openai", "plain")  # no such fallback: the client's 400 as the upstream said it
         assert refused_here.status_code == 400 and "content_policy_violation" in refused_here.text
         assert member_state(gw, "a", refused)["failures"] == 0
+
+
+def test_the_budget_reservation_covers_a_dearer_fallback(upstream: MockUpstream) -> None:
+    raw = config(upstream, "openai", "unused", models=[
+        {"name": "cheap", "targets": [{"provider": "a", "model": "cheap"}]},
+        {"name": "guarded", "targets": [{"provider": "a", "model": "cheap"}], "fallbacks": ["dear"]},
+        {"name": "dear", "targets": [{"provider": "b", "model": "dear"}]}])
+    raw["billing"] = {"enabled": True}
+    raw["pricing"] = {"models": {"a/cheap": {"input": 1.0, "output": 1.0}, "b/dear": {"input": 50.0, "output": 50.0}}}
+    with serve(raw) as gw:
+        alone = float(post(gw, "openai", "cheap").headers["x-ccm-cost-reserved-usd"])
+        guarded = float(post(gw, "openai", "guarded").headers["x-ccm-cost-reserved-usd"])
+        assert guarded == pytest.approx(alone * 50)
