@@ -188,10 +188,14 @@ def _admin_stages(config: Config, gateway: Gateway) -> list[Middleware]:
 
 
 def _route_price(router: Router, meter: Meter) -> Callable[[str], Price | None]:
-    """The price a reservation assumes for a model name: the dearest deployment of its route and its
-    fallbacks (any of them may serve it)."""
+    """The price a reservation assumes for a model name: the dearest deployment of its route and of
+    every fallback of any kind (any of them may serve it)."""
     def price(name: str) -> Price | None:
-        deployments = [d for route in router.chain(router.resolve(name)) for d in route.deployments]
+        route = router.resolve(name)
+        routes = list(router.chain(route))
+        for extra in (*route.context_window_fallbacks, *route.content_policy_fallbacks):
+            routes += router.chain(router.routes[extra])
+        deployments = [d for r in routes for d in r.deployments]
         prices = [p for d in deployments if (p := meter.prices.for_deployment(d.label)) is not None]
         return max(prices, key=lambda p: p.base.output + p.base.input, default=None)
 
