@@ -292,17 +292,20 @@ def test_anthropic_sdk_stream_stall_mid_stream_raises_and_the_upstream_is_hit_on
         assert seen and upstream.hits(stalled) == 1
 
 
-def test_client_disconnect_closes_the_upstream_stream_at_once(upstream: MockUpstream) -> None:
-    slow = unique("m+chunks=3+delay_ms=5000")
-    with serve(config(upstream, "openai", slow)) as gw:
-        body = {"model": "duo", "stream": True, "messages": USER}
-        before = upstream.open_streams
-        with httpx.stream("POST", gw.base_url + "/v1/chat/completions", json=body, timeout=10) as r:
-            assert next(r.iter_lines()).startswith("data: ")
-            assert upstream.open_streams == before + 1
-        # The next event is 5 s away: the upstream stream ends long before it, because the gateway closed it.
-        wait_for(lambda: upstream.open_streams == before, seconds=2.0)
-        assert upstream.hits(slow) == 1
+def test_client_disconnect_closes_the_upstream_stream_at_once() -> None:
+    own = MockUpstream().start_in_thread()  # its own mock: no other test's streams in open_streams
+    try:
+        slow = "m+chunks=3+delay_ms=5000"
+        with serve(config(own, "openai", slow)) as gw:
+            body = {"model": "duo", "stream": True, "messages": USER}
+            with httpx.stream("POST", gw.base_url + "/v1/chat/completions", json=body, timeout=10) as r:
+                assert next(r.iter_lines()).startswith("data: ")
+                assert own.open_streams == 1
+            # The next event is 5 s away: the upstream stream ends within a second, because the gateway closed it.
+            wait_for(lambda: own.open_streams == 0, seconds=1.0)
+            assert own.hits(slow) == 1
+    finally:
+        own.stop_thread()
 
 
 @pytest.mark.parametrize(("dialect", "status", "kind"), [("openai", 503, "server_error"),

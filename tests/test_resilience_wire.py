@@ -69,21 +69,25 @@ def test_a_routes_timeout_table_overrides_its_providers(upstream: MockUpstream) 
         assert r.headers["x-ccm-attempts"] == "2" and upstream.hits(stalled) == 1
 
 
-def test_a_client_that_leaves_during_a_probe_frees_the_probe_slot(upstream: MockUpstream) -> None:
+def test_a_client_that_leaves_during_a_probe_frees_the_probe_slot() -> None:
+    own = MockUpstream().start_in_thread()  # its own mock: open_streams counts only this test's streams
     # Fails three times (the breaker opens), then serves slowly: the probe is a long stream.
-    flaky = unique("m+status=503+fail_first=3+chunks=3+delay_ms=5000")
-    with serve(config(upstream, "openai", flaky)) as gw:
-        for _ in range(3):
-            assert post(gw, "openai").headers["x-ccm-deployment"] == "b/ok"
-        wait_for(lambda: member_state(gw, "a", flaky)["open_for"] == 0)
-        body = {"model": "duo", "stream": True, "messages": [{"role": "user", "content": "x"}]}
-        for probe in (4, 5):  # the second probe is only possible if the first one's slot came back
-            with httpx.stream("POST", gw.base_url + "/v1/chat/completions", json=body, timeout=10) as r:
-                assert r.headers["x-ccm-deployment"] == f"a/{flaky}", (probe, member_state(gw, "a", flaky))
-                assert next(r.iter_lines()).startswith("data: ")
-            wait_for(lambda: upstream.open_streams == 0, seconds=2.0)
-            assert upstream.hits(flaky) == probe
-        assert member_state(gw, "a", flaky)["state"] == "half_open"  # a cancelled probe proves nothing
+    flaky = "m+status=503+fail_first=3+chunks=3+delay_ms=5000"
+    try:
+        with serve(config(own, "openai", flaky)) as gw:
+            for _ in range(3):
+                assert post(gw, "openai").headers["x-ccm-deployment"] == "b/ok"
+            wait_for(lambda: member_state(gw, "a", flaky)["open_for"] == 0)
+            body = {"model": "duo", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+            for probe in (4, 5):  # the second probe is only possible if the first one's slot came back
+                with httpx.stream("POST", gw.base_url + "/v1/chat/completions", json=body, timeout=10) as r:
+                    assert r.headers["x-ccm-deployment"] == f"a/{flaky}", (probe, member_state(gw, "a", flaky))
+                    assert next(r.iter_lines()).startswith("data: ")
+                wait_for(lambda: own.open_streams == 0, seconds=2.0)
+                assert own.hits(flaky) == probe
+            assert member_state(gw, "a", flaky)["state"] == "half_open"  # a cancelled probe proves nothing
+    finally:
+        own.stop_thread()
 
 
 @pytest.mark.parametrize(("patch", "problem"), [
