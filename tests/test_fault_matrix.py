@@ -463,3 +463,36 @@ def test_an_overloaded_error_after_text_ends_the_stream_and_counts_as_a_failure(
         assert r.status_code == 200 and r.headers["x-ccm-attempts"] == "1"
         assert frames(r.text)[-1][0] == "error" and text_of("anthropic", r) == "Partial"
         assert member_state(gw, "a", overloaded)["failures"] == 1
+
+
+class Counted:
+    """The gateway app, counting the API requests that reach it (lifespan passes through)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.requests = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            self.requests += 1
+        await self.app(scope, receive, send)
+
+
+@pytest.mark.parametrize("sdk", ["openai", "anthropic"])
+def test_the_sdks_do_not_retry_what_the_gateway_already_retried(upstream: MockUpstream, sdk: str) -> None:
+    raw = config(upstream, sdk, unique("m+status=503"), unique("m+status=503"),
+                 resilience={"breaker": {**BREAKER, "consecutive_failures": 1, "open_base": 30, "open_max": 60,
+                                         "max_ejected_share": 1.0}})
+    app = Counted(create_app(load_config(raw, env={}, dotenv=False)))
+    with ServerThread(app) as gw:
+        for _ in range(2):  # the first is retried by the gateway and fails; the second finds all open
+            if sdk == "openai":
+                client = openai.OpenAI(base_url=gw.base_url + "/v1", api_key="unused", max_retries=3)
+                with pytest.raises(openai.APIStatusError) as info:
+                    client.chat.completions.create(model="duo", messages=USER)
+            else:
+                client = anthropic.Anthropic(base_url=gw.base_url, api_key="unused", max_retries=3)
+                with pytest.raises(anthropic.APIStatusError) as info:
+                    client.messages.create(model="duo", max_tokens=16, messages=USER)
+            assert info.value.status_code == 503
+        assert app.requests == 2  # x-should-retry: false — the SDKs' own 3 retries were not spent
