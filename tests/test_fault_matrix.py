@@ -121,20 +121,20 @@ def wait_for(predicate: Any, seconds: float = 5.0) -> None:
 def test_503s_fail_over_open_the_breaker_and_one_probe_follows(upstream: MockUpstream, dialect: str,
                                                                kind: str) -> None:
     bad = unique("m+status=503")
-    with serve(config(upstream, kind, bad)) as gw:
-        for i in range(5):
+    with serve(config(upstream, kind, bad, resilience={"breaker": {**BREAKER, "consecutive_failures": 5}})) as gw:
+        for i in range(7):
             r = post(gw, dialect, stream=i % 2 == 1)
             assert r.status_code == 200, r.text
             assert r.headers["x-ccm-deployment"] == "b/ok"
             assert text_of(dialect, r)
-        # Three failures in a row opened a's breaker: the last two requests went straight to b.
-        assert upstream.hits(bad) == 3
+        # 503×5 opened a's breaker: the last two requests went straight to b.
+        assert upstream.hits(bad) == 5
         assert r.headers["x-ccm-attempts"] == "1"
         assert member_state(gw, "a", bad)["state"] == "open"
         wait_for(lambda: member_state(gw, "a", bad)["open_for"] == 0)
         for _ in range(3):  # after the open time: exactly one probe (it fails; a opens again, for longer)
             assert post(gw, dialect).status_code == 200
-        assert upstream.hits(bad) == 4
+        assert upstream.hits(bad) == 6
         state = member_state(gw, "a", bad)
         assert state["state"] == "open" and state["trips"] == 2
 
