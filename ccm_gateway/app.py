@@ -35,6 +35,7 @@ from .exchange import exchange_of
 from .middleware import AuthMiddleware, ExchangeMiddleware, RateLimitMiddleware, RequestIdMiddleware
 from .middleware.auth import key_table
 from .middleware.billing import BillingMiddleware
+from .middleware.breaker import BreakerMiddleware
 from .middleware.observe import ObserveMiddleware
 from .middleware.tokens import TokenCountMiddleware
 from .observability.metrics import Metrics, multiprocess_dir
@@ -44,7 +45,8 @@ from .providers.mock import MockProvider
 from .providers.upstream import Upstream
 from .proxy import ChatEndpoint
 from .request_guard import RequestGuard, RequestGuardMiddleware
-from .routing import Router
+from .resilience.health import Health
+from .routing import Router, serves
 from .shutdown import Drain
 from .state import backend_from_config
 from .tokens import TokenCounter, get_encoding
@@ -72,6 +74,10 @@ class Gateway:
                                     cache_chars=config.tokens.cache_chars, cache_ttl=config.tokens.cache_ttl)
         self.meter = Meter(config)  # billing: prices, budgets, the usage ledger
         self.meter.route_price = _route_price(self.router, self.meter)
+        self.health = Health(config.resilience)  # breakers, cooldowns, the retry budget (one per process)
+        for route in self.router.routes.values():
+            self.health.register_group(route.name, route.members)
+        self.sharer: Any = None  # shares breaker state through Redis when [state] backend = "redis"
         self.started = False
         self.created = int(time.time())
         self.metrics = Metrics({m.name for m in config.models}) if config.metrics.enabled else None
@@ -82,14 +88,30 @@ class Gateway:
         if self.config.tokens.count_prompts:  # load the encoding now, not during the first request
             await asyncio.to_thread(get_encoding, "o200k_base")
         await self.meter.start()  # the usage ledger: recovery of a killed process's open requests, budgets
+        await self._share_health()
         self.started = True
         for upstream in self.upstreams.values():
             if not upstream.available:
                 log.info("provider %s has no API key configured; its models are unavailable", upstream.name)
 
+    async def _share_health(self) -> None:
+        """With Redis state, open breakers are shared with the other instances (the state backend's client)."""
+        if self.sharer is not None or self.config.state.backend != "redis" or not self.config.resilience.enabled:
+            return
+        from .resilience.shared import HealthSharer
+
+        client = getattr(getattr(self.state, "primary", None), "client", None)
+        if client is None:
+            return
+        self.sharer = HealthSharer(self.health, client, "ccm:breaker:", self.config.resilience.share_interval)
+        await self.sharer.start()
+
     async def close(self) -> None:
         self.started = False
         self.drain.cancel_timer()
+        if self.sharer is not None:
+            sharer, self.sharer = self.sharer, None
+            await sharer.close()
         for upstream in self.upstreams.values():
             await upstream.close()
         await self.state.close()
@@ -122,7 +144,7 @@ def create_app(
         config = load_config(DEFAULT_CONFIG_PATH if config is None else config)
     register_secrets(config_secrets(config))  # masked in every log record from now on
     gateway = Gateway(config)
-    chat = ChatEndpoint(gateway.router)
+    chat = ChatEndpoint(gateway.router, config.resilience if config.resilience.enabled else None)
     counting = CountTokensEndpoint(gateway.router, gateway.counter)
     routes = [
         Route("/v1/chat/completions", chat, methods=["POST"]),
@@ -144,6 +166,8 @@ def create_app(
         Middleware(RequestGuardMiddleware, guard=RequestGuard(config.requests)),
         *_admin_stages(config, gateway),
         *_guard_stages(config, gateway),
+        *([Middleware(BreakerMiddleware, health=gateway.health, router=gateway.router)]
+          if config.resilience.enabled else []),
         *([Middleware(BillingMiddleware, meter=gateway.meter)] if config.billing.enabled else []),
         *middleware,
     ]
@@ -167,7 +191,11 @@ def _guard_stages(config: Config, gateway: Gateway) -> list[Middleware]:
     lim = config.limits
     keyed = auth and any(k.rpm or k.tpm or k.concurrency for k in config.keys)
     if keyed or any((lim.rpm, lim.tpm, lim.concurrency, lim.ip_rpm, lim.ip_tpm, lim.ip_concurrency)):
-        ttl = max((p.timeout.deadline for p in config.providers.values()), default=600.0) + 5.0
+        # A slot outlives the longest request: all attempts (request_deadline) or a capped stream. A stream
+        # without stream_deadline can outlive it; its slot is still released when it ends.
+        longest = [config.resilience.retry.request_deadline if config.resilience.enabled else 0.0]
+        longest += [max(p.timeout.deadline, p.timeout.stream_deadline or 0.0) for p in config.providers.values()]
+        ttl = max(longest, default=600.0) + 5.0
         stages.append(Middleware(RateLimitMiddleware, limits=lim, backend=gateway.state, ttl=ttl))
     return stages
 
@@ -201,9 +229,14 @@ def _tracing(config: Config) -> Any:
 
 
 def _route_price(router: Router, meter: Meter) -> Callable[[str], Price | None]:
-    """The price a reservation assumes for a model name: its route's dearest deployment."""
+    """The price a reservation assumes for a model name: the dearest deployment of its route and of
+    every fallback of any kind (any of them may serve it)."""
     def price(name: str) -> Price | None:
-        deployments = router.resolve(name).deployments
+        route = router.resolve(name)
+        routes = list(router.chain(route))
+        for extra in (*route.context_window_fallbacks, *route.content_policy_fallbacks):
+            routes += router.chain(router.routes[extra])
+        deployments = [d for r in routes for d in r.deployments]
         prices = [p for d in deployments if (p := meter.prices.for_deployment(d.label)) is not None]
         return max(prices, key=lambda p: p.base.output + p.base.input, default=None)
 
@@ -230,11 +263,37 @@ def _ready(gateway: Gateway):
         }
         models = [name for name, _ in gateway.router.listed()]
         ok = bool(models)  # sessions open at start-up, or lazily when mounted without lifespan
-        body = {"status": "ready" if ok else "not ready", "started": gateway.started,
-                "providers": providers, "models": models}
+        status = "ready" if ok else "not ready"
+        body: dict[str, Any] = {"status": status, "started": gateway.started, "providers": providers,
+                                "models": models}
+        if gateway.config.resilience.enabled:
+            health = gateway.health
+            members = _member_states(health)
+            blocked = [r.name for r in gateway.router.routes.values()
+                       if r.available and not any(serves(c, Dialect.OPENAI_CHAT) and health.available(c.member)
+                                                  for c in r.candidates)]
+            if ok and blocked:
+                ok, status = False, "not ready"
+            elif ok and any(m["state"] != "closed" or m["cooled_for"] or m["ejected_for"] for m in members.values()):
+                status = "degraded"  # still serving: some members are out
+            body.update(status=status, deployments=members, unavailable_models=blocked)
         return _json(body, 200 if ok else 503)
 
     return ready
+
+
+def _member_states(health: Health) -> dict[str, dict[str, Any]]:
+    """``health.snapshot()`` keyed ``provider/model#k<key index>``: no base URL (it may carry credentials)."""
+    out: dict[str, dict[str, Any]] = {}
+    for member_id, state in health.snapshot().items():
+        m = health.member(member_id)
+        if m is not None:
+            out[f"{m.provider}/{m.model}#k{m.key_index}"] = state
+        else:  # id = provider|base_url|model|k<index>
+            provider, _, rest = member_id.partition("|")
+            rest, _, key = rest.rpartition("|")
+            out[f"{provider}/{rest.partition('|')[2]}#{key}"] = state
+    return out
 
 
 def _models(gateway: Gateway):

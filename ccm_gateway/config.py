@@ -23,6 +23,7 @@ from dotenv import dotenv_values
 from msgspec import Meta, Struct, field
 
 from .providers.kinds import KINDS, PLANNED_KINDS
+from .resilience.policy import ResilienceConfig
 from .secrets import MissingSecret, Secret, resolve_reference
 
 __all__ = ["DEFAULT_CONFIG_PATH", "Config", "ConfigError", "load_config"]
@@ -58,14 +59,27 @@ class ServerConfig(_Section):
 
 
 class Timeouts(_Section):
-    """Upstream timeouts in seconds. ``first_byte`` bounds the wait for a stream's response head,
-    ``idle`` the gap between two chunks, ``deadline`` the whole exchange."""
+    """Upstream timeouts in seconds. ``first_byte`` bounds the wait for a stream's response head and
+    first chunk, ``idle`` the gap between two chunks, ``deadline`` a whole JSON exchange. Streams are
+    never cut by ``deadline``: only by ``idle`` and, when set, ``stream_deadline``."""
 
     connect: Positive = 10.0
     first_byte: Positive = 120.0
     idle: Positive = 120.0
     deadline: Positive = 600.0
+    stream_deadline: Positive | None = None  # a total cap on one stream; unset: none
     keepalive: Positive = 15.0  # upstream silence before a translated stream sends the client a keep-alive
+
+
+class RouteTimeouts(_Section):
+    """A route's ``timeout`` table: the fields it sets override its providers' ``Timeouts``."""
+
+    connect: Positive | None = None
+    first_byte: Positive | None = None
+    idle: Positive | None = None
+    deadline: Positive | None = None
+    stream_deadline: Positive | None = None
+    keepalive: Positive | None = None
 
 
 class Connections(_Section):
@@ -103,6 +117,9 @@ class ModelRoute(_Section):
     fallbacks: list[str] = field(default_factory=list)
     context_window: PositiveInt | None = None
     max_output_tokens: PositiveInt | None = None
+    context_window_fallbacks: list[str] = field(default_factory=list)  # when the prompt does not fit the window
+    content_policy_fallbacks: list[str] = field(default_factory=list)  # when the upstream refuses the content
+    timeout: RouteTimeouts | None = None  # overrides the providers' timeouts for this route
 
 
 class KeyConfig(_Section):
@@ -170,6 +187,7 @@ class TokensConfig(_Section):
 class RoutingConfig(_Section):
     allow_direct: bool = True  # clients may ask for "provider/model"
     detect_provider: bool = False  # "claude-…" → the anthropic provider, "gpt-…" → openai, …
+    default_fallbacks: list[str] = field(default_factory=list)  # routes tried after a route's own fallbacks
 
 
 class LoggingConfig(_Section):
@@ -273,6 +291,7 @@ class Config(_Section):
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     tracing: TracingConfig = field(default_factory=TracingConfig)
     requests: RequestsConfig = field(default_factory=RequestsConfig)
+    resilience: ResilienceConfig = field(default_factory=ResilienceConfig)
 
     def redacted(self) -> dict[str, Any]:
         """A plain-data view for printing: secrets appear as their source (``env:NAME``) only."""
@@ -500,9 +519,13 @@ def _check(config: Config) -> None:
                     f"{at}.targets[{j}].provider: unknown provider \"{target.provider}\"; configured: {known}"
                 )
     for i, route in enumerate(config.models):
-        for j, fallback in enumerate(route.fallbacks):
-            if fallback not in seen:
-                errors.append(f"models[{i}].fallbacks[{j}]: unknown model \"{fallback}\"")
+        for kind in ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks"):
+            for j, fallback in enumerate(getattr(route, kind)):
+                if fallback not in seen:
+                    errors.append(f"models[{i}].{kind}[{j}]: unknown model \"{fallback}\"")
+    for j, fallback in enumerate(config.routing.default_fallbacks):
+        if fallback not in seen:
+            errors.append(f"routing.default_fallbacks[{j}]: unknown model \"{fallback}\"")
     for i, key in enumerate(config.keys):
         if not key.key and key.key_sha256 is None:
             errors.append(f"keys[{i}]: give key or key_sha256 (an optional key reference that is unset counts as none)")

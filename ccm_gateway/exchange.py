@@ -67,7 +67,9 @@ class Exchange:
         "cost",
         "deployment",
         "dialect",
+        "fallback",
         "first_byte_at",
+        "health",
         "model",
         "operation",
         "principal",
@@ -93,6 +95,8 @@ class Exchange:
         self.route: str | None = None
         self.deployment: str | None = None  # "provider/upstream-model"
         self.attempts = 0
+        self.fallback: str | None = None  # the fallback route that served (or was chosen for the window)
+        self.health: Any = None  # the gateway's resilience.Health, put here by the breaker stage
         self.upstream_status: int | None = None
         self.usage = Usage()
         self.cost: float | None = None

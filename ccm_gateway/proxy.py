@@ -1,6 +1,8 @@
-"""The chat endpoint: pick a deployment, send the request bytes upstream, pipe the answer back.
+"""The chat endpoint: pick a member, send the request bytes upstream, pipe the answer back.
 
-Same protocol on both sides is pass-through: the body goes upstream with only the model name
+Attempts follow ``routing.Attempts``; each one reaches its commit point (``open_attempt``) before
+anything is written to the client, so a failure up to there is retried elsewhere. Same protocol on
+both sides is pass-through: the body goes upstream with only the model name
 changed, and the upstream's bytes — JSON or SSE — are written to the client as they arrive. Each
 ``send`` is awaited, so a slow client slows the upstream read instead of filling a queue; a client
 that hangs up cancels the upstream read at once.
@@ -10,20 +12,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Mapping
+import math
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from typing import Any
 
 import aiohttp
+import msgspec
 
+from .config import Timeouts
 from .dialects import Dialect, openai_chat
 from .dialects.registry import WIRE
-from .errors import GatewayError, UpstreamTimeout, UpstreamUnavailable, error_for_status
+from .errors import (
+    GatewayError,
+    Overloaded,
+    ServiceUnavailable,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    error_for_status,
+)
 from .exchange import Exchange, exchange_of
 from .middleware.types import Receive, Scope, Send
 from .observability.tracing import attempt_span
 from .providers.upstream import Upstream, UpstreamResponse
+from .resilience.outcome import Outcome, classify, retry_after
+from .resilience.policy import ResilienceConfig
 from .responses import send_bytes, send_error
-from .routing import Router
+from .routing import Attempts, Candidate, Deployment, Failure, Router
 from .scrub import host_needles, scrub_internals
 from .streaming import UsageChunkStripper, UsageSniffer
 
@@ -35,54 +49,243 @@ MAX_USAGE_BODY = 16 * 1024 * 1024
 # Upstream response headers worth handing to the client (names lower-case).
 _PROPAGATE = frozenset({"request-id", "retry-after", "retry-after-ms", "openai-processing-ms"})
 _PROPAGATE_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
+# Error types in an upstream's own stream error event that count against the deployment (not the client's errors).
+_UPSTREAM_FAULTS = (b"overloaded_error", b"api_error")
 # Stream terminators: a stream that ends without one was cut off upstream.
 _ENDINGS = {Dialect.OPENAI_CHAT: (b"[DONE]",), Dialect.ANTHROPIC_MESSAGES: (b"message_stop", b"event: error")}
 
 
 class ChatEndpoint:
-    """ASGI app behind ``POST /v1/chat/completions`` and ``POST /v1/messages``."""
+    """ASGI app behind ``POST /v1/chat/completions`` and ``POST /v1/messages``.
 
-    def __init__(self, router: Router) -> None:
+    One attempt loop serves both paths. An attempt first reaches its *commit point* without writing
+    to the client: the response head (and, for a stream, its first chunk) within the timeouts. Before
+    it, a retryable outcome closes the upstream response and ``routing.Attempts`` picks the next member;
+    after it nothing is retried. Every attempt's outcome goes to the Health (CANCELLED when the client
+    leaves, so a half-open probe slot is never kept)."""
+
+    def __init__(self, router: Router, resilience: ResilienceConfig | None = None) -> None:
         self.router = router
+        self.resilience = resilience
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ex = exchange_of(scope)
         assert ex is not None, "ChatEndpoint needs ExchangeMiddleware in front of it"
         head = ex.head()
         route = self.router.resolve(head.model)
-        deployment = route.pick(ex.dialect)
-        ex.route, ex.deployment = route.name, deployment.label
-        upstream = deployment.upstream
-        if upstream.speaks(ex.dialect):  # same dialect: pass-through
-            headers = upstream_headers(scope, ex, upstream)
-            headers.update(upstream.auth_headers(upstream.pick_key()))
-            replace = None
-            if ex.stream and upstream.stream_options and ex.dialect is Dialect.OPENAI_CHAT:
-                replace = openai_chat.forced_usage(head.fields)  # ask for usage the client did not (P12)
-            body = head.body_for(deployment.model, ex.body, replace)
-            run = self._exchange(send, ex, upstream, body, headers, deployment.model, strip_usage=bool(replace))
-        else:  # another dialect: through the canonical model (translate.py; imported late, it imports us)
-            from .translate import Translated
+        chain = self.router.chain(route)
+        start = 0
+        if ex.fallback is not None:  # the token stage chose a context-window fallback
+            chain = [route, *self.router.chain(self.router.resolve(ex.fallback))]
+            start = 1
+        health = ex.health
+        policy = self.resilience.retry if health is not None and self.resilience is not None else None
+        plan = Attempts(chain, ex.dialect, health, policy, self._affinity(scope, ex), start, self.router.routes.get)
+        ex.route = route.name
+        await until_disconnect(self._run(scope, send, ex, plan), receive, ex)
 
-            run = Translated(ex, deployment, route.max_output_tokens).run(send)
-        with attempt_span(ex, deployment.label, ex.attempts + 1):  # observability: upstream time, trace span
-            await until_disconnect(run, receive, ex)
+    def _affinity(self, scope: Scope, ex: Exchange) -> str | None:
+        """The session key that pins a conversation to one member: the affinity header, or an Anthropic
+        client's ``metadata.user_id``."""
+        cfg = self.resilience
+        if cfg is None or ex.health is None:
+            return None
+        name = cfg.affinity_header.lower().encode()
+        for key, value in scope["headers"]:
+            if key == name:
+                return value.decode("latin-1")
+        if cfg.affinity_metadata and ex.dialect is Dialect.ANTHROPIC_MESSAGES:
+            raw = ex.head().fields.get("metadata")
+            if raw is not None:
+                try:
+                    user = _METADATA.decode(raw).user_id
+                except msgspec.DecodeError:
+                    return None
+                return user or None
+        return None
 
-    async def _exchange(
-        self, send: Send, ex: Exchange, upstream: Upstream, body: bytes, headers: dict[str, str], model: str,
-        strip_usage: bool = False,
-    ) -> None:
-        deadline = asyncio.get_running_loop().time() + upstream.timeout.deadline
-        ex.attempts += 1
-        resp = await upstream.send(ex.dialect, body, headers, ex.stream, deadline, model=model)
-        ex.upstream_status = resp.status
+    async def _run(self, scope: Scope, send: Send, ex: Exchange, plan: Attempts) -> None:
+        last: Failure | None = None
+        request: Any = None  # the client request in the canonical model, decoded once for translations
+        while (choice := await plan.next(last)) is not None:
+            deployment = choice.deployment
+            ex.deployment = deployment.label
+            ex.fallback = plan.route.name if plan.position else None
+            upstream = deployment.upstream
+            outcome, retry_after = Outcome.CANCELLED, None
+            try:
+                if upstream.speaks(ex.dialect):
+                    call: Any = PassThrough(scope, ex, choice)
+                else:  # another dialect: through the canonical model (translate.py; imported late, it imports us)
+                    from .translate import Translated, decode_client
+
+                    if request is None:
+                        request = decode_client(ex.dialect, ex.body)
+                    call = Translated(ex, deployment, plan.route.max_output_tokens, request, choice.key)
+                with attempt_span(ex, deployment.label, ex.attempts + 1):  # upstream time; a span when tracing
+                    opened = await open_attempt(call, ex, plan.remaining())
+                    if isinstance(opened, Failure):
+                        last, outcome, retry_after = opened, opened.outcome, opened.retry_after
+                        continue
+                    try:
+                        outcome = Outcome.SUCCESS if await call.deliver(send, opened) else Outcome.FAILURE
+                    except GatewayError:  # a JSON answer that could not be read or was cut
+                        outcome = Outcome.FAILURE
+                        raise
+                    finally:
+                        opened.resp.close()  # released, not drained (a client that left ends here too)
+                return
+            finally:
+                plan.record(choice, outcome, retry_after)
+        if last is None:
+            plan.route.check(ex.dialect)  # no key configured / no codec: the errors a single pick gave
+            raise all_open(ex, plan)
+        await relay_failure(send, ex, last)
+
+
+class _Metadata(msgspec.Struct):
+    user_id: str | None = None
+
+
+_METADATA = msgspec.json.Decoder(_Metadata)
+
+
+def all_open(ex: Exchange, plan: Attempts) -> GatewayError:
+    """Every member of the route and its fallbacks is open or cooling down: 503 at once."""
+    wait = plan.reopen_in()
+    headers = {"x-should-retry": "false"}
+    if wait is not None:
+        headers["retry-after"] = str(max(1, math.ceil(wait)))
+    return ServiceUnavailable(f"every deployment of model '{ex.model}' is unavailable right now; retry later",
+                              headers=headers)
+
+
+class Opened:
+    """An attempt past its commit point: the response, and a stream's first chunk already read."""
+
+    __slots__ = ("chunks", "deadline", "first", "resp")
+
+    def __init__(self, resp: UpstreamResponse, deadline: float, chunks: AsyncIterator[bytes] | None = None,
+                 first: bytes | None = None) -> None:
+        self.resp = resp
+        self.deadline = deadline  # loop time: bounds a JSON body (never a stream)
+        self.chunks = chunks
+        self.first = first
+
+
+async def open_attempt(call: Any, ex: Exchange, remaining: float) -> Opened | Failure:
+    """Send one attempt and wait for its commit point, writing nothing to the client. An upstream error
+    is read (bounded) and closed, so it can be classified and relayed later if it stays the last."""
+    upstream: Upstream = call.upstream
+    timeouts = call.timeouts
+    loop = asyncio.get_running_loop()
+    now = loop.time()
+    deadline = now + min(timeouts.deadline, max(remaining, 0.001))
+    stream = call.stream
+    first_by = min(now + timeouts.first_byte, deadline)
+    ex.attempts += 1
+    ex.upstream_status = None
+    try:
+        resp = await upstream.send(call.op, call.body, call.headers(), stream, deadline, model=call.model,
+                                   **call.send_options)
+    except UpstreamTimeout as err:
+        return Failure(classify(None, timeout=True), error=err)
+    except UpstreamUnavailable as err:
+        return Failure(classify(None, connect_error=True), error=err)
+    ex.upstream_status = resp.status
+    if resp.status >= 400:
         try:
-            if resp.status >= 400:
-                await relay_error(send, ex, upstream, resp)
-            else:
-                await Pipe(ex, upstream, resp, send, strip_usage).run(deadline)
+            try:
+                async with asyncio.timeout(timeouts.idle):
+                    body = await resp.read(MAX_ERROR_BODY)
+            except (aiohttp.ClientError, TimeoutError):
+                body = b""
         finally:
             resp.close()
+        return Failure(classify(resp.status, body), status=resp.status, headers=resp.headers, body=body,
+                       source=call, retry_after=retry_after(resp.headers))
+    if not (stream and resp.headers.get("content-type", "").startswith("text/event-stream")):
+        return Opened(resp, deadline)  # JSON: committed at its head
+    chunks = aiter(resp.chunks())
+    try:
+        async with asyncio.timeout_at(max(first_by, loop.time() + 0.001)):
+            first = await anext(chunks, b"")
+    except TimeoutError:
+        resp.close()
+        return Failure(classify(None, timeout=True),
+                       error=UpstreamTimeout(f"upstream {upstream.name} sent no data within {timeouts.first_byte:g}s"))
+    except aiohttp.ClientError as exc:
+        resp.close()
+        return Failure(classify(None), error=UpstreamUnavailable(
+            f"upstream {upstream.name} connection failed ({type(exc).__name__})"))
+    except BaseException:
+        resp.close()
+        raise
+    if not first:
+        resp.close()
+        return Failure(classify(None), error=UpstreamUnavailable(f"upstream {upstream.name} ended the stream early"))
+    if first.startswith(b"event: error") and any(e in first for e in _UPSTREAM_FAULTS):
+        resp.close()  # an Anthropic stream that is only an "overloaded" error: nothing reached the client yet
+        return Failure(classify(None), error=Overloaded(f"upstream {upstream.name} is overloaded"))
+    return Opened(resp, deadline, chunks, first)
+
+
+async def relay_failure(send: Send, ex: Exchange, last: Failure) -> None:
+    """The last attempt's error, as the client would have seen it without retries."""
+    if last.status is None:
+        assert isinstance(last.error, GatewayError)
+        raise last.error
+    ex.upstream_status = last.status
+    await last.source.relay(send, last)
+
+
+class PassThrough:
+    """One pass-through attempt: the client's body with the deployment's model name, its credential."""
+
+    __slots__ = ("body", "deployment", "ex", "key", "model", "op", "scope", "send_options", "stream", "strip_usage",
+                 "timeouts", "upstream")
+
+    def __init__(self, scope: Scope, ex: Exchange, choice: Candidate) -> None:
+        deployment = choice.deployment
+        upstream = deployment.upstream
+        self.scope, self.ex, self.upstream, self.deployment = scope, ex, upstream, deployment
+        self.key = choice.key
+        self.model = deployment.model
+        self.op = ex.dialect
+        self.stream = ex.stream
+        self.timeouts = deployment.timeouts
+        self.send_options = send_options(deployment)
+        replace = None
+        if ex.stream and upstream.stream_options and ex.dialect is Dialect.OPENAI_CHAT:
+            replace = openai_chat.forced_usage(ex.head().fields)  # ask for usage the client did not (P12)
+        self.strip_usage = bool(replace)
+        self.body = ex.head().body_for(deployment.model, ex.body, replace)
+
+    def headers(self) -> dict[str, str]:
+        headers = upstream_headers(self.scope, self.ex, self.upstream)
+        headers.update(self.upstream.auth_headers(self.key))
+        return headers
+
+    async def relay(self, send: Send, failure: Failure) -> None:
+        await relay_error_body(send, self.ex, self.upstream, failure.status or 500, failure.headers, failure.body)
+
+    async def deliver(self, send: Send, opened: Opened) -> bool:
+        return await Pipe(self.ex, self.upstream, opened.resp, send, self.strip_usage, self.timeouts).run(
+            opened.deadline, opened.chunks, opened.first)
+
+
+def send_options(deployment: Deployment) -> dict[str, float]:
+    """A route's ``timeout`` overrides for ``Upstream.send`` (nothing when the route sets none; the
+    in-process mock provider has no network timeouts to override)."""
+    if deployment.timeout is None or deployment.upstream.kind.name == "mock":
+        return {}
+    base, own = deployment.upstream.timeout, deployment.timeout
+    options = {}
+    if own.first_byte != base.first_byte:
+        options["first_byte"] = own.first_byte
+    if own.connect != base.connect:
+        options["connect"] = own.connect
+    return options
 
 
 WATCH_AFTER = 0.05  # seconds before a request gets its disconnect watcher
@@ -162,20 +365,26 @@ def redact_credentials(body: bytes, upstream: Upstream) -> bytes:
 
 
 async def relay_error(send: Send, ex: Exchange, upstream: Upstream, resp: UpstreamResponse) -> None:
-    """An upstream error in the caller's protocol passes through; anything else is re-shaped."""
+    """An upstream error response, read (bounded) and relayed (embeddings, token counting)."""
     try:
         async with asyncio.timeout(upstream.timeout.idle):
             body = await resp.read(MAX_ERROR_BODY)
     except (aiohttp.ClientError, TimeoutError):
         body = b""
+    await relay_error_body(send, ex, upstream, resp.status, resp.headers, body)
+
+
+async def relay_error_body(send: Send, ex: Exchange, upstream: Upstream, status: int, headers: Mapping[str, str],
+                           body: bytes) -> None:
+    """An upstream error in the caller's protocol passes through; anything else is re-shaped."""
     wire = WIRE[ex.dialect]
     if wire.is_native_error(body):
         content_type = (b"content-type", b"application/json")
-        headers = response_headers(ex, resp.headers)
-        await send_bytes(send, resp.status, redact_credentials(body, upstream), headers, content_type)
+        out = response_headers(ex, headers)
+        await send_bytes(send, status, redact_credentials(body, upstream), out, content_type)
         return
-    err = error_for_status(resp.status, f"upstream {upstream.name} returned HTTP {resp.status}")
-    retry_after = resp.headers.get("retry-after")
+    err = error_for_status(status, f"upstream {upstream.name} returned HTTP {status}")
+    retry_after = headers.get("retry-after")
     if retry_after:
         err.headers["retry-after"] = retry_after
     await send_error(send, err, ex.dialect, ex.request_id)
@@ -184,19 +393,24 @@ async def relay_error(send: Send, ex: Exchange, upstream: Upstream, resp: Upstre
 class Pipe:
     """Writes one upstream response to the client chunk by chunk, observing usage on the way.
     ``strip_usage``: the gateway asked an OpenAI upstream for usage the client did not want, so the
-    usage-only chunk is taken out of the stream (``streaming.UsageChunkStripper``)."""
+    usage-only chunk is taken out of the stream (``streaming.UsageChunkStripper``). A stream is bounded
+    by ``idle`` between chunks (and ``stream_deadline`` when set), a JSON body by ``deadline``."""
 
-    __slots__ = ("ex", "resp", "send", "strip_usage", "upstream")
+    __slots__ = ("ex", "resp", "send", "strip_usage", "timeouts", "upstream")
 
     def __init__(self, ex: Exchange, upstream: Upstream, resp: UpstreamResponse, send: Send,
-                 strip_usage: bool = False) -> None:
+                 strip_usage: bool = False, timeouts: Timeouts | None = None) -> None:
         self.ex = ex
         self.upstream = upstream
         self.resp = resp
         self.send = send
         self.strip_usage = strip_usage
+        self.timeouts = timeouts or upstream.timeout
 
-    async def run(self, deadline: float) -> None:
+    async def run(self, deadline: float, chunks: AsyncIterator[bytes] | None = None,
+                  first: bytes | None = None) -> bool:
+        """Pipe the answer (``first``: a stream's first chunk, already read from ``chunks``); False
+        when the upstream failed after the head was sent (the client got an error event or a cut)."""
         ex, resp, send = self.ex, self.resp, self.send
         wire = WIRE[ex.dialect]
         content_type = resp.headers.get("content-type", "application/json")
@@ -216,10 +430,16 @@ class Pipe:
         last = previous = b""
         loop = asyncio.get_running_loop()
         chunk_at = 0.0  # observability: the longest gap between chunks
-        idle = self.upstream.timeout.idle
+        t = self.timeouts
+        if streaming:
+            idle = t.idle
+            cap = loop.time() + t.stream_deadline if t.stream_deadline else math.inf
+        else:  # a JSON body: the attempt's deadline
+            idle, cap = t.idle, deadline
+        source = prepend(first, chunks) if first is not None and chunks is not None else resp.chunks()
         try:
-            async with asyncio.timeout(min(loop.time() + idle, deadline)) as timer:
-                async for chunk in resp.chunks():
+            async with asyncio.timeout(min(loop.time() + idle, cap)) as timer:
+                async for chunk in source:
                     now = loop.time()
                     if ex.first_byte_at is None:
                         ex.first_byte_at = now
@@ -240,27 +460,30 @@ class Pipe:
                     if stripper is not None:
                         chunk = stripper.feed(chunk)
                         if not chunk:
-                            timer.reschedule(min(loop.time() + idle, deadline))
+                            timer.reschedule(min(loop.time() + idle, cap))
                             continue
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                    timer.reschedule(min(loop.time() + idle, deadline))
+                    timer.reschedule(min(loop.time() + idle, cap))
         except TimeoutError:
             await self._fail(UpstreamTimeout(f"upstream {self.upstream.name} stopped sending"), streaming)
-            return
+            return False
         except aiohttp.ClientError as exc:
             err = UpstreamUnavailable(f"upstream {self.upstream.name} connection failed ({type(exc).__name__})")
             await self._fail(err, streaming)
-            return
+            return False
         if streaming:
             tail = (previous + last)[-256:]
             if not any(end in tail for end in _ENDINGS[ex.dialect]):
                 await self._fail(UpstreamUnavailable(f"upstream {self.upstream.name} ended the stream early"), True)
-                return
+                return False
         if kept:
             wire.apply_usage(b"".join(kept), ex.usage)
         if stripper is not None and (rest := stripper.close()):
             await send({"type": "http.response.body", "body": rest, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+        # An upstream error event ends an Anthropic stream "properly": overloaded/api errors still count.
+        return not streaming or b"event: error" not in tail or not any(e in tail for e in _UPSTREAM_FAULTS)
+
 
     async def _fail(self, err: GatewayError, streaming: bool) -> None:
         """After the head is sent a status cannot change: end an SSE stream with an error event,
@@ -271,6 +494,13 @@ class Pipe:
             raise _AbortResponse(err.message)
         await self.send({"type": "http.response.body", "body": WIRE[self.ex.dialect].error_frame(err),
                          "more_body": False})
+
+
+async def prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """A stream's chunks with the first one, read at the commit point, put back in front."""
+    yield first
+    async for chunk in rest:
+        yield chunk
 
 
 class _AbortResponse(Exception):

@@ -3,20 +3,38 @@
 A name resolves, in order, to a configured route (alias), to ``provider/model`` when
 ``routing.allow_direct`` is on, or — with ``routing.detect_provider`` — to the first configured
 provider whose kind recognises the name (``claude-…`` → anthropic, ``gpt-…`` → openai).
-Retries and fallbacks across deployments belong to the resilience issue.
+
+A request's attempts follow an ``Attempts`` schedule: the route's members (deployment × credential)
+chosen by weight among those whose breaker and cooldown let them serve, a retry on another member
+(another deployment first), backoff when staying on the same deployment, a retry budget, one overall
+deadline, then the fallback routes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import bisect
+import hashlib
 import itertools
+import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from .config import Config
+import msgspec
+
+from .config import Config, RouteTimeouts, Timeouts
 from .dialects import Dialect
 from .errors import InvalidRequest, ModelNotFound
 from .providers.upstream import Upstream
+from .resilience.backoff import backoff
+from .resilience.health import Member
+from .resilience.outcome import Outcome, retryable
+
+if TYPE_CHECKING:
+    from .resilience.health import Health
+    from .resilience.policy import RetryPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,30 +44,81 @@ class Deployment:
     upstream: Upstream
     model: str
     weight: int = 1
+    timeout: Timeouts | None = None  # the provider's timeouts with the route's overrides; None: the provider's
 
     @property
     def label(self) -> str:
         return f"{self.upstream.name}/{self.model}"
+
+    @property
+    def timeouts(self) -> Timeouts:
+        return self.timeout or self.upstream.timeout
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One member of a route: a deployment with one of its provider's credentials (``key_index``)."""
+
+    deployment: Deployment
+    key_index: int
+    member: Member
+    weight: int  # the credential's weight within its deployment
+
+    @property
+    def key(self):  # the Secret, or None for a provider without keys
+        keys = self.deployment.upstream.keys
+        return keys[self.key_index] if keys else None
+
+
+def candidates_of(deployment: Deployment) -> list[Candidate]:
+    up = deployment.upstream
+    weights = [k.weight for k in up.config.api_keys] or [1]
+    return [Candidate(deployment, i, Member(up.name, up.base_url, deployment.model, i), w)
+            for i, w in enumerate(weights)]
+
+
+def with_overrides(base: Timeouts, route: RouteTimeouts | None) -> Timeouts | None:
+    """A route's ``timeout`` table over its provider's timeouts (None when the route sets none)."""
+    if route is None:
+        return None
+    changes = {k: v for k, v in msgspec.structs.asdict(route).items() if v is not None}
+    return msgspec.structs.replace(base, **changes) if changes else None
 
 
 ADHOC_ROUTES = 4096  # direct/detected routes kept; the cache starts over when full
 
 
 class Route:
-    __slots__ = ("_cum", "context_window", "deployments", "fallbacks", "max_output_tokens", "name")
+    __slots__ = ("_cum", "candidates", "chain", "content_policy_fallbacks", "context_window",
+                 "context_window_fallbacks", "deployments", "fallbacks", "max_output_tokens", "name")
 
     def __init__(self, name: str, deployments: list[Deployment], fallbacks: list[str] | None = None,
-                 max_output_tokens: int | None = None, context_window: int | None = None) -> None:
+                 max_output_tokens: int | None = None, context_window: int | None = None, *,
+                 context_window_fallbacks: list[str] | None = None,
+                 content_policy_fallbacks: list[str] | None = None) -> None:
         self.name = name
         self.context_window = context_window  # from the config; else the token stage's known table
         self.deployments = deployments
         self.fallbacks = fallbacks or []
+        self.context_window_fallbacks = context_window_fallbacks or []
+        self.content_policy_fallbacks = content_policy_fallbacks or []
         self.max_output_tokens = max_output_tokens  # clamp for translated requests (P17)
         self._cum = list(itertools.accumulate(d.weight for d in deployments))
+        self.candidates = [c for d in deployments for c in candidates_of(d)]
+        self.chain: list[Route] | None = None  # Router.chain's answer, once computed
+
+    @property
+    def members(self) -> list[Member]:
+        return [c.member for c in self.candidates]
 
     @property
     def available(self) -> bool:
         return any(d.upstream.available for d in self.deployments)
+
+    def check(self, dialect: Dialect) -> None:
+        """Raise what ``pick`` would when no deployment can serve ``dialect`` at all (health aside)."""
+        if not any(d.upstream.available and _serves(d.upstream, dialect) for d in self.deployments):
+            raise self._unusable(dialect)
 
     def pick(self, dialect: Dialect) -> Deployment:
         """A deployment chosen by weight among those that can serve this request now: in the caller's
@@ -91,17 +160,34 @@ class Router:
         self.upstreams = upstreams
         self.allow_direct = config.routing.allow_direct
         self.detect = config.routing.detect_provider
+        self.default_fallbacks = list(config.routing.default_fallbacks)
         self._adhoc: dict[str, Route] = {}  # direct and detected names already resolved
         self.routes: dict[str, Route] = {
             m.name: Route(
                 m.name,
-                [Deployment(upstreams[t.provider], t.model, t.weight) for t in m.targets],
+                [Deployment(upstreams[t.provider], t.model, t.weight,
+                            with_overrides(upstreams[t.provider].timeout, m.timeout)) for t in m.targets],
                 list(m.fallbacks),
                 m.max_output_tokens,
                 m.context_window,
+                context_window_fallbacks=list(m.context_window_fallbacks),
+                content_policy_fallbacks=list(m.content_policy_fallbacks),
             )
             for m in config.models
         }
+
+    def chain(self, route: Route) -> list[Route]:
+        """The route, then its fallbacks, then the default fallbacks (each route once; kept on the route,
+        which never changes). Callers must not modify the list."""
+        if route.chain is not None:
+            return route.chain
+        out = [route]
+        for name in (*route.fallbacks, *self.default_fallbacks):
+            fallback = self.routes.get(name)
+            if fallback is not None and fallback not in out:
+                out.append(fallback)
+        route.chain = out
+        return out
 
     def resolve(self, name: str) -> Route:
         route = self.routes.get(name) or self._adhoc.get(name)
@@ -130,3 +216,217 @@ class Router:
     def listed(self) -> list[tuple[str, str]]:
         """(model name, owning provider) for every route that can be served now."""
         return [(r.name, r.deployments[0].upstream.name) for r in self.routes.values() if r.available]
+
+
+def serves(candidate: Candidate, dialect: Dialect) -> bool:
+    up = candidate.deployment.upstream
+    return up.available and _serves(up, dialect)
+
+
+def _weighted(items: list[Candidate], weights: list[float]) -> Candidate:
+    return items[0] if len(items) == 1 else random.choices(items, weights=weights)[0]
+
+
+def _rendezvous(items: list[Candidate], weights: list[float], affinity: str,
+                name: Callable[[Candidate], str]) -> Candidate:
+    """Weighted rendezvous hashing: the same affinity key picks the same item while it is available,
+    and losing one item moves only the sessions that were on it."""
+    best, best_score = items[0], -math.inf
+    for item, weight in zip(items, weights, strict=True):
+        digest = hashlib.blake2b(f"{affinity}\x00{name(item)}".encode(), digest_size=8).digest()
+        u = (int.from_bytes(digest, "big") + 0.5) / 2.0**64  # in (0, 1)
+        score = -weight / math.log(u)
+        if score > best_score:
+            best, best_score = item, score
+    return best
+
+
+def choose(pool: list[Candidate], affinity: str | None) -> Candidate:
+    """A deployment by its weight, then one of its credentials by theirs (rendezvous with affinity)."""
+    if len(pool) == 1:
+        return pool[0]
+    by_deployment: dict[str, list[Candidate]] = {}
+    for c in pool:
+        by_deployment.setdefault(c.deployment.label, []).append(c)
+    groups = list(by_deployment.values())
+    heads = [g[0] for g in groups]
+    weights = [float(h.deployment.weight) for h in heads]
+    if affinity:
+        head = _rendezvous(heads, weights, affinity, lambda c: c.deployment.label)
+    else:
+        head = _weighted(heads, weights)
+    group = by_deployment[head.deployment.label]
+    key_weights = [float(c.weight) for c in group]
+    if affinity:
+        return _rendezvous(group, key_weights, affinity, lambda c: c.member.id)
+    return _weighted(group, key_weights)
+
+
+def blocked_for(chain: list[Route], dialect: Dialect, health: Health) -> float | None:
+    """None when some member of the routes can serve now; else seconds until the soonest may again."""
+    members: list[Member] = []
+    for route in chain:
+        for c in route.candidates:
+            if serves(c, dialect):
+                if health.available(c.member):
+                    return None  # the common case: the first member can serve
+                members.append(c.member)
+    if not members:
+        return None
+    return health.reopen_in(members) or 0.0
+
+
+# Error-body markers of a content-policy refusal (OpenAI and Azure codes).
+_CONTENT_POLICY = (b"content_policy_violation", b"content_filter", b"responsible_ai_policy")
+
+
+class Failure:
+    """An attempt that failed before its commit point: what to relay if it stays the last one."""
+
+    __slots__ = ("body", "error", "headers", "outcome", "retry_after", "source", "status")
+
+    def __init__(self, outcome: Outcome, *, status: int | None = None, headers: Any = None, body: bytes = b"",
+                 error: Exception | None = None, source: Any = None, retry_after: float | None = None) -> None:
+        self.outcome = outcome
+        self.status = status  # None: no response (the transport's ``error`` says why)
+        self.headers = headers or {}
+        self.body = body
+        self.error = error  # a GatewayError of the transport (timeout, connection refused, early end)
+        self.source = source  # the attempt that relays an upstream error response (``relay(send, failure)``)
+        self.retry_after = retry_after
+
+
+class Attempts:
+    """The attempt schedule of one request. ``next(last)`` gives the member to try, after waiting
+    for a backoff or a Retry-After when that is the better move, or None when the request must end
+    with ``last``'s error. Without a Health (the breaker stage is off) there is exactly one attempt."""
+
+    __slots__ = ("affinity", "chain", "count", "deadline", "dialect", "excluded", "health", "in_route", "last",
+                 "policy", "position", "resolve", "tried", "tried_deployments")
+
+    def __init__(self, chain: list[Route], dialect: Dialect, health: Health | None, policy: RetryPolicy | None,
+                 affinity: str | None = None, start_at: int = 0,
+                 resolve: Callable[[str], Route | None] | None = None) -> None:
+        self.chain = chain
+        self.resolve = resolve  # configured route by name (content-policy fallbacks)
+        self.dialect = dialect
+        self.health = health
+        self.policy = policy
+        self.affinity = affinity
+        self.position = start_at  # index in chain of the route being tried
+        self.count = 0
+        self.in_route = 0
+        self.tried: set[str] = set()
+        self.tried_deployments: set[str] = set()
+        self.excluded: set[str] = set()  # busy half-open members, rate-limited and refused credentials
+        self.last: Candidate | None = None
+        self.deadline = math.inf if policy is None else asyncio.get_running_loop().time() + policy.request_deadline
+
+    @property
+    def route(self) -> Route:
+        return self.chain[self.position]
+
+    def remaining(self) -> float:
+        return self.deadline - asyncio.get_running_loop().time()
+
+    async def next(self, last: Failure | None) -> Candidate | None:
+        if self.count == 0:
+            return self._take(self._first())
+        health, policy = self.health, self.policy
+        if health is None or policy is None or last is None:
+            return None
+        if last.outcome is Outcome.CLIENT_ERROR and self._content_policy(last):
+            return self._take(self._first()) if health.retry_budget().withdraw() else None
+        if not retryable(last.outcome):
+            return None
+        if self.remaining() <= 0 or not health.retry_budget().withdraw():
+            return None
+        while self.position < len(self.chain):
+            if self.in_route < policy.max_attempts:
+                choice = self._retry_pick()
+                waited = False
+                if choice is None and last.retry_after is not None and self.in_route > 0 and self.last is not None:
+                    # Nothing else to try here: honour the Retry-After when it fits the deadline, then
+                    # try again; otherwise the fallbacks at once.
+                    wait = max(last.retry_after, health.reopen_in(self.route.members) or 0.0)
+                    if wait < min(self.remaining(), health.config.cooldown.max):
+                        await asyncio.sleep(wait)
+                        self.excluded.discard(self.last.member.id)
+                        choice, waited = self._retry_pick(), True
+                if choice is not None:
+                    if not waited and choice.deployment.label in self.tried_deployments:  # staying: back off
+                        pause = min(backoff(self.count, policy.backoff_base, policy.backoff_max, random.random),
+                                    max(self.remaining(), 0.0))
+                        if pause > 0:
+                            await asyncio.sleep(pause)
+                    return self._take(choice)
+            self.position += 1
+            self.in_route = 0
+        return None
+
+    def _content_policy(self, last: Failure) -> bool:
+        """The upstream refused the content: move to the route's content-policy fallbacks (once)."""
+        names = self.route.content_policy_fallbacks
+        if not names or self.resolve is None or not any(m in last.body[:4096] for m in _CONTENT_POLICY):
+            return False
+        routes = [r for n in names if (r := self.resolve(n)) is not None and r not in self.chain]
+        if not routes:
+            return False
+        self.chain = [*self.chain[:self.position + 1], *routes]
+        self.position += 1
+        self.in_route = 0
+        return True
+
+    def _usable(self, route: Route) -> list[Candidate]:
+        health, dialect, excluded = self.health, self.dialect, self.excluded
+        return [c for c in route.candidates if serves(c, dialect) and c.member.id not in excluded
+                and (health is None or health.available(c.member))]
+
+    def _first(self) -> Candidate | None:
+        for i in range(self.position, len(self.chain)):
+            pool = self._usable(self.chain[i])
+            if pool:
+                self.position = i
+                return choose(pool, self.affinity)
+        return None
+
+    def _retry_pick(self) -> Candidate | None:
+        pool = self._usable(self.route)
+        if not pool:
+            return None
+        fresh = [c for c in pool if c.deployment.label not in self.tried_deployments]
+        if not fresh:
+            fresh = [c for c in pool if c.member.id not in self.tried]
+        return choose(fresh or pool, self.affinity)
+
+    def _take(self, choice: Candidate | None) -> Candidate | None:
+        if choice is None:
+            return None
+        if self.health is not None and not self.health.acquire(choice.member):
+            self.excluded.add(choice.member.id)  # its half-open probe slot is taken: another member
+            pool = self._usable(self.route)
+            return self._take(choose(pool, self.affinity)) if pool else None
+        self.count += 1
+        self.in_route += 1
+        self.last = choice
+        self.tried.add(choice.member.id)
+        self.tried_deployments.add(choice.deployment.label)
+        return choice
+
+    def record(self, choice: Candidate, outcome: Outcome, retry_after: float | None = None) -> None:
+        health = self.health
+        if health is None:
+            return
+        if outcome is Outcome.DEAD_KEY or outcome is Outcome.RATE_LIMITED:
+            self.excluded.add(choice.member.id)  # not again in this request (unless its Retry-After is waited out)
+            if not self._usable(self.route):
+                # Nothing else in its route can serve: ejecting or cooling it would only turn the upstream's
+                # own 401/403/429 (with its message and reset headers) into 503s. It stays in.
+                return
+        health.record(choice.member, outcome, retry_after)
+
+    def reopen_in(self) -> float | None:
+        """Seconds until the soonest member of the route or its fallbacks may serve again."""
+        if self.health is None:
+            return None
+        return self.health.reopen_in([m for r in self.chain for m in r.members])

@@ -1,19 +1,20 @@
 """The translated path: a client of one dialect served by an upstream of another (PROTOCOLS §4).
 
-A sibling of ``proxy.Pipe``. The client request is decoded into the canonical model and the upstream
-body built from it; the upstream's answer is decoded into canonical events (streams) or a canonical
-response (JSON) and encoded for the client. Nothing is sent to the client before the first upstream
-event is understood, so an upstream error up to then is a normal JSON error with its mapped status;
-after that, failures end the stream with the client dialect's error frame. During long upstream
-silence the client gets keep-alives (Anthropic ``ping``, OpenAI ``: keep-alive``) so idle timeouts
-downstream do not kill the stream (P10).
+A sibling of ``proxy.PassThrough`` in the endpoint's attempt loop. The client request is decoded
+into the canonical model and the upstream body built from it; the upstream's answer is decoded into
+canonical events (streams) or a canonical response (JSON) and encoded for the client. Nothing is
+sent to the client before the first upstream event is understood, so an upstream error up to then is
+a normal JSON error with its mapped status; after that, failures end the stream with the client
+dialect's error frame. During long upstream silence the client gets keep-alives (Anthropic ``ping``,
+OpenAI ``: keep-alive``) so idle timeouts downstream do not kill the stream (P10).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import math
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -26,9 +27,19 @@ from .errors import GatewayError, InvalidRequest, UpstreamError, UpstreamTimeout
 from .exchange import Exchange
 from .middleware.types import Send
 from .providers.upstream import Upstream, UpstreamResponse
-from .proxy import ANTHROPIC_VERSION, MAX_ERROR_BODY, MAX_USAGE_BODY, redact_credentials, response_headers
+from .proxy import (
+    ANTHROPIC_VERSION,
+    MAX_USAGE_BODY,
+    Opened,
+    open_attempt,
+    prepend,
+    redact_credentials,
+    response_headers,
+    send_options,
+)
 from .responses import send_bytes, send_error
-from .routing import Deployment
+from .routing import Deployment, Failure
+from .secrets import Secret
 
 log = logging.getLogger("ccm_gateway.translate")
 
@@ -55,7 +66,7 @@ def upstream_dialect(upstream: Upstream) -> Dialect:
     raise InvalidRequest(f"provider {upstream.name} speaks no dialect the gateway can translate to")
 
 
-def _decode_client(dialect: Dialect, body: bytes) -> c.Request:
+def decode_client(dialect: Dialect, body: bytes) -> c.Request:
     decode = anthropic_translate.decode_request if dialect is Dialect.ANTHROPIC_MESSAGES else \
         openai_translate.decode_request
     try:
@@ -67,16 +78,23 @@ def _decode_client(dialect: Dialect, body: bytes) -> c.Request:
 
 
 class Translated:
-    """One translated exchange; all state is per request (P25)."""
+    """One translated attempt; all state is per request (P25). ``request`` is the client request in
+    the canonical model (decoded once per request, reused by every attempt)."""
 
-    def __init__(self, ex: Exchange, deployment: Deployment, max_output: int | None) -> None:
+    def __init__(self, ex: Exchange, deployment: Deployment, max_output: int | None, request: c.Request | None = None,
+                 key: Secret | None = None) -> None:
         self.ex = ex
         self.upstream = deployment.upstream
         self.model = deployment.model
+        self.key = key if key is not None else self.upstream.pick_key()
         self.target = upstream_dialect(self.upstream)
+        self.op = self.target
+        self.timeouts = deployment.timeouts
+        self.send_options = send_options(deployment)
         self.names = c.Names()
-        self.keepalive = deployment.upstream.timeout.keepalive
-        self.request = _decode_client(ex.dialect, ex.body)
+        self.keepalive = self.timeouts.keepalive
+        self.request = request if request is not None else decode_client(ex.dialect, ex.body)
+        self.stream = self.request.stream
         self.body = self._encode_request(max_output)
 
     def _encode_request(self, max_output: int | None) -> bytes:
@@ -94,40 +112,43 @@ class Translated:
         headers.update(self.upstream.config.headers)
         if self.target is Dialect.ANTHROPIC_MESSAGES:
             headers["anthropic-version"] = ANTHROPIC_VERSION
-        headers.update(self.upstream.auth_headers(self.upstream.pick_key()))
+        headers.update(self.upstream.auth_headers(self.key))
         return headers
 
     async def run(self, send: Send) -> None:
-        ex, upstream = self.ex, self.upstream
-        deadline = asyncio.get_running_loop().time() + upstream.timeout.deadline
-        ex.attempts += 1
-        resp = await upstream.send(self.target, self.body, self.headers(), self.request.stream, deadline,
-                                   model=self.model)
-        ex.upstream_status = resp.status
+        """One attempt, no retries (tests and embedders that drive a translation themselves)."""
+        opened = await open_attempt(self, self.ex, self.timeouts.deadline)
+        if isinstance(opened, Failure):
+            if opened.status is None:
+                assert isinstance(opened.error, GatewayError)
+                raise opened.error
+            await self.relay(send, opened)
+            return
         try:
-            if resp.status >= 400:
-                await self._error(send, resp)
-            elif not self.request.stream:
-                await self._json(send, resp, deadline)
-            elif resp.headers.get("content-type", "").startswith("text/event-stream"):
-                await _Stream(self, resp, send).run(deadline)
-            else:  # a stream was asked for but the upstream answered whole: stream its content
-                canonical = await self._read_response(resp, deadline)
-                await _Stream(self, resp, send).replay(c.response_events(canonical))
+            await self.deliver(send, opened)
         finally:
-            resp.close()
+            opened.resp.close()
 
-    async def _error(self, send: Send, resp: UpstreamResponse) -> None:
+    async def deliver(self, send: Send, opened: Opened) -> bool:
+        """Serve an attempt past its commit point; False when the upstream failed while serving it."""
+        resp = opened.resp
+        if not self.request.stream:
+            await self._json(send, resp, opened.deadline)
+            return True
+        if opened.chunks is not None:
+            return await _Stream(self, resp, send).run(opened.chunks, opened.first)
+        # a stream was asked for but the upstream answered whole: stream its content
+        canonical = await self._read_response(resp, opened.deadline)
+        await _Stream(self, resp, send).replay(c.response_events(canonical))
+        return True
+
+    async def relay(self, send: Send, failure: Failure) -> None:
         """An upstream error, re-shaped for the client with the status §4.12 gives."""
-        try:
-            async with asyncio.timeout(self.upstream.timeout.idle):
-                body = await resp.read(MAX_ERROR_BODY)
-        except (aiohttp.ClientError, TimeoutError):
-            body = b""
-        body = redact_credentials(body, self.upstream)
-        message, code = _ERROR_FROM[self.target](resp.status, body)
-        err = upstream_error(resp.status, message or f"upstream {self.upstream.name} returned HTTP {resp.status}", code)
-        retry_after = resp.headers.get("retry-after")
+        body = redact_credentials(failure.body, self.upstream)
+        status = failure.status or 500
+        message, code = _ERROR_FROM[self.target](status, body)
+        err = upstream_error(status, message or f"upstream {self.upstream.name} returned HTTP {status}", code)
+        retry_after = failure.headers.get("retry-after")
         if retry_after:
             err.headers["retry-after"] = retry_after
         await send_error(send, err, self.ex.dialect, self.ex.request_id)
@@ -235,23 +256,26 @@ class _Stream:
         if await self._events(events):
             await self._write(self.encoder.finish(), more=False)
 
-    async def run(self, deadline: float) -> None:
+    async def run(self, chunks: AsyncIterator[bytes], first: bytes | None) -> bool:
+        """Stream the answer (``first``: its first chunk, read at the commit point); False when the
+        upstream failed (the client got the error event)."""
         self.last_write = asyncio.get_running_loop().time()
         pinger = asyncio.create_task(self._pinger())
         try:
-            await self._pump(deadline)
+            return await self._pump(prepend(first, chunks) if first is not None else chunks)
         finally:  # after the last write (the pinger then only sleeps or waits for the lock)
             pinger.cancel()
 
-    async def _pump(self, deadline: float) -> None:
+    async def _pump(self, chunks: AsyncIterator[bytes]) -> bool:
         call, ex = self.call, self.call.ex
         loop = asyncio.get_running_loop()
-        idle = call.upstream.timeout.idle
+        idle = call.timeouts.idle  # streams: the gap between chunks, and stream_deadline when set
+        cap = loop.time() + call.timeouts.stream_deadline if call.timeouts.stream_deadline else math.inf
         feed: Callable[[bytes], list[c.Ev]] = self.decoder.feed
         chunk_at = 0.0  # observability: the longest gap between chunks
         try:
-            async with asyncio.timeout(min(loop.time() + idle, deadline)) as timer:
-                async for chunk in self.resp.chunks():
+            async with asyncio.timeout(min(loop.time() + idle, cap)) as timer:
+                async for chunk in chunks:
                     now = loop.time()
                     if ex.first_byte_at is None:
                         ex.first_byte_at = now
@@ -261,25 +285,26 @@ class _Stream:
                     events = feed(chunk)
                     if events:
                         if not await self._events(events):
-                            return
+                            return False
                     elif not self.started and self.decoder.parsed:  # e.g. OpenAI's role-only first chunk
                         await self._write(b"")
-                    timer.reschedule(min(loop.time() + idle, deadline))
+                    timer.reschedule(min(loop.time() + idle, cap))
             events = self.decoder.close()
             if events and not await self._events(events):
-                return
+                return False
         except TimeoutError:
             await self._fail(UpstreamTimeout(f"upstream {call.upstream.name} stopped sending"))
-            return
+            return False
         except aiohttp.ClientError as exc:
             await self._fail(UpstreamUnavailable(f"upstream {call.upstream.name} connection failed "
                                                  f"({type(exc).__name__})"))
-            return
+            return False
         except ValueError as exc:  # an SSE event beyond the size limit
             await self._fail(UpstreamError(f"upstream {call.upstream.name} sent an unreadable stream: {exc}",
                                            status=502))
-            return
+            return False
         if not self.decoder.complete:  # cut before its end: an error, never a clean stop
             await self._fail(UpstreamUnavailable(f"upstream {call.upstream.name} ended the stream early"))
-            return
+            return False
         await self._write(self.encoder.finish(), more=False)
+        return True

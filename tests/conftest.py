@@ -93,6 +93,10 @@ def gateway_config(upstream_url: str, **server: Any) -> dict[str, Any]:
             {"name": "embed-gemini", "targets": [{"provider": "gem", "model": "gemini-embedding-001"}]},
         ],
         "routing": {"allow_direct": True, "detect_provider": True},
+        # These tests pin one attempt's protocol behaviour on a shared gateway: no retries, and breakers that
+        # never trip (test order must not matter). The resilience wiring has its own gateways (test_fault_matrix).
+        "resilience": {"retry": {"max_attempts": 1},
+                       "breaker": {"consecutive_failures": 1_000_000, "min_calls": 1_000_000}},
     }
 
 

@@ -2,8 +2,9 @@
 
 Rate limits, budgets and the translated message_start read ``ex.token_estimate``; a prompt that
 cannot fit the target model's window is refused here, in the provider's own words, before any
-upstream call. Exact (OpenAI) counts are refused at the window; estimates only beyond the
-estimator's error margin, so a prompt the provider would accept is never turned away.
+upstream call — or, when the route has ``context_window_fallbacks``, sent to the first whose window
+fits. Exact (OpenAI) counts are refused at the window; estimates only beyond the estimator's error
+margin, so a prompt the provider would accept is never turned away.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import msgspec
 from ..dialects import Dialect
 from ..errors import GatewayError, InvalidRequest
 from ..exchange import Exchange, exchange_of
-from ..routing import Router
+from ..routing import Route, Router
 from ..tokens import TokenCounter, known_window
 from .types import ASGIApp, Receive, Scope, Send
 
@@ -50,7 +51,22 @@ class TokenCountMiddleware:
         ex.token_estimate = count
         window = route.context_window or known_window(target)
         if window is not None and count * (1.0 if exact else 1.0 - ESTIMATE_MARGIN) > window:
-            raise too_long(ex.dialect, count, window)
+            fallback = self.larger(route, count)
+            if fallback is None:
+                raise too_long(ex.dialect, count, window)
+            ex.fallback = fallback  # the endpoint routes there instead of refusing
+
+    def larger(self, route: Route, count: int) -> str | None:
+        """The first of the route's context-window fallbacks whose window fits the prompt (or whose
+        window is unknown: the upstream decides); None when the route has none that fits."""
+        for name in route.context_window_fallbacks:
+            fallback = self.router.routes.get(name)
+            if fallback is None:
+                continue
+            window = fallback.context_window or known_window(fallback.deployments[0].model)
+            if window is None or count * (1.0 - ESTIMATE_MARGIN) <= window:
+                return name
+        return None
 
 
 def too_long(dialect: Dialect, count: int, window: int) -> ContextWindowExceeded:

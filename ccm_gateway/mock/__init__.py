@@ -1,7 +1,9 @@
 """Mock provider: exact OpenAI / Anthropic wire replies (``replies``) and a loopback fake upstream.
 
 Behaviour is steered by directives in the model name, e.g. ``mock-1+status=503`` or
-``gpt-4o+chunks=5+delay_ms=20`` (see :class:`MockPlan`), so no API keys are needed.
+``gpt-4o+chunks=5+delay_ms=20`` (see :class:`MockPlan`), so no API keys are needed. The loopback server
+also injects faults for resilience tests (``+fault=reset``, ``+stall_first_ms=``, ``+reset_after=``,
+``+fail_first=``, …; the full list is in ``replies.py``'s docstring).
 """
 
 from .replies import (

@@ -3,6 +3,25 @@
 Everything here is deterministic except ids and ``created`` timestamps, performs no I/O and applies no
 delays, so the in-process mock transport and the loopback mock server (``server.py``) share one source of
 truth for what a "faithful" upstream sends (PROTOCOLS.md §1.5-1.9 and §2.5-2.7).
+
+Directives ride in the model name, ``name+key=value+…`` (:func:`parse_plan`, every value bounds-checked):
+
+- replies: ``chunks=N``, ``delay_ms=MS`` (between stream events), ``ttfb_ms=MS`` (before the head),
+  ``truncate=N`` (stream ends cleanly after N events, no terminator), ``tools=N``, ``text=URL-QUOTED``,
+  ``size=BYTES``, ``auth=KEY``, ``script=NAME`` (mock/scripts.py);
+- errors: ``status=CODE`` (200 or 400..599), ``error_body=native|html``, ``error_type=NAME`` (the native
+  body's type/code: ``insufficient_quota``, ``context_length_exceeded``, ``overloaded_error``; 529 is
+  Anthropic's ``overloaded_error`` anyway), ``retry_after=S`` (``retry-after``; a 429 sends "1" without it),
+  ``retry_after_ms=MS`` (``retry-after-ms``), ``ratelimit_reset=URL-QUOTED`` (OpenAI
+  ``x-ratelimit-reset-requests`` or Anthropic ``anthropic-ratelimit-requests-reset``, with that bucket's
+  remaining count "0");
+- faults (the loopback server only): ``fault=reset`` (the TCP connection is reset, no response head),
+  ``stall_first_ms=MS`` (head sent, then MS before the first body byte; JSON and streams),
+  ``reset_after=N`` (stream: the connection is closed after N events, mid-body, no terminator),
+  ``stall_after=N`` with ``stall_ms=MS`` (stream: one pause of MS after N events), ``drip_bytes=K`` (stream:
+  each event written in K-byte pieces, ``delay_ms`` between pieces);
+- ``fail_first=N``: the error or fault directives above (and ``ttfb_ms``) apply only to the first N requests
+  whose model string is exactly this one; later ones are served normally (counted per ``MockUpstream``).
 """
 
 from __future__ import annotations
@@ -12,7 +31,7 @@ import itertools
 import re
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote
@@ -28,6 +47,7 @@ __all__ = [
     "anthropic_sse",
     "count_tokens",
     "error_message",
+    "fault_headers",
     "html_error",
     "new_request_id",
     "openai_error",
@@ -64,6 +84,28 @@ class MockPlan:
     size: int | None = None  # reply text of about this many bytes
     auth: str | None = None  # require this API key (Bearer for OpenAI, x-api-key for Anthropic)
     script: str | None = None  # replay this recorded-shape fixture (mock/scripts.py) instead of a reply
+    error_type: str | None = None  # native error body's type/code instead of the status's usual one
+    retry_after: int | None = None  # error response: ``retry-after`` seconds
+    retry_after_ms: int | None = None  # error response: ``retry-after-ms``
+    ratelimit_reset: str | None = None  # error response: the requests bucket's reset header (remaining "0")
+    fail_first: int | None = None  # errors/faults only for the first N requests with this exact model string
+    fault: str | None = None  # "reset": abort the connection without a response
+    stall_first_ms: int = 0  # pause between the response head and the first body byte
+    reset_after: int | None = None  # stream: close the connection after this many events
+    stall_after: int | None = None  # stream: pause ``stall_ms`` once after this many events
+    stall_ms: int = 0
+    drip_bytes: int | None = None  # stream: write events in pieces of this many bytes
+
+    @property
+    def faulty(self) -> bool:
+        """Does this plan ask for an error or a fault (what ``fail_first`` limits)?"""
+        return (self.status >= 400 or self.fault is not None or bool(self.stall_first_ms) or self.ttfb_ms > 0
+                or self.reset_after is not None or self.stall_after is not None)
+
+    def healthy(self) -> MockPlan:
+        """This plan without its errors and faults (``fail_first`` exhausted)."""
+        return replace(self, status=200, fault=None, stall_first_ms=0, ttfb_ms=0, reset_after=None,
+                       stall_after=None, stall_ms=0, fail_first=None)
 
 
 # key -> (minimum, maximum) for the integer directives; bounds keep a typo from hanging a benchmark.
@@ -75,8 +117,19 @@ _INT_DIRECTIVES: dict[str, tuple[int, int]] = {
     "truncate": (0, 10_000_000),
     "tools": (0, 128),
     "size": (0, 64 * 1024 * 1024),
+    "retry_after": (0, 86_400),
+    "retry_after_ms": (0, 86_400_000),
+    "fail_first": (1, 1_000_000),
+    "stall_first_ms": (0, 600_000),
+    "reset_after": (0, 10_000_000),
+    "stall_after": (0, 10_000_000),
+    "stall_ms": (0, 600_000),
+    "drip_bytes": (1, 1024 * 1024),
 }
-_STR_DIRECTIVES = ("error_body", "text", "auth", "script")
+_STR_DIRECTIVES = ("error_body", "text", "auth", "script", "error_type", "ratelimit_reset", "fault")
+_FAULTS = ("reset",)
+_ERROR_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9_.]{0,63}")
+_ERROR_ONLY = ("error_type", "retry_after", "retry_after_ms", "ratelimit_reset")
 _KNOWN = ", ".join([*_INT_DIRECTIVES, *_STR_DIRECTIVES])
 
 
@@ -120,9 +173,30 @@ def parse_plan(model: str) -> MockPlan:
             if not raw:
                 raise ValueError("mock directive 'auth' needs a non-empty key")
             values[key] = unquote(raw)
+        elif key == "error_type":
+            if not _ERROR_TYPE.fullmatch(raw):
+                raise ValueError(f"mock directive 'error_type' must be a name like insufficient_quota, got {raw!r}")
+            values[key] = raw
+        elif key == "ratelimit_reset":
+            text = unquote(raw)
+            if not text or not text.isprintable() or len(text) > 64:
+                raise ValueError(f"mock directive 'ratelimit_reset' must be 1..64 printable characters, got {raw!r}")
+            values[key] = text
+        elif key == "fault":
+            if raw not in _FAULTS:
+                raise ValueError(f"mock directive 'fault' must be one of {', '.join(_FAULTS)}, got {raw!r}")
+            values[key] = raw
         else:
             raise ValueError(f"unknown mock directive {key!r} in model {model!r} (known: {_KNOWN})")
-    return MockPlan(model=name, **values)
+    plan = MockPlan(model=name, **values)
+    if plan.status < 400 and any(k in values for k in _ERROR_ONLY):
+        given = ", ".join(k for k in _ERROR_ONLY if k in values)
+        raise ValueError(f"mock directive(s) {given} need an error status (status=400..599) in model {model!r}")
+    if ("stall_after" in values) != ("stall_ms" in values):
+        raise ValueError(f"mock directives 'stall_after' and 'stall_ms' go together in model {model!r}")
+    if plan.fail_first is not None and not plan.faulty:
+        raise ValueError(f"mock directive 'fail_first' needs an error status or a fault to limit in model {model!r}")
+    return plan
 
 
 # --------------------------------------------------------------------------------------------------
@@ -407,9 +481,14 @@ def _openai_error_kind(status: int) -> tuple[str, str | None]:
     return "invalid_request_error", None
 
 
-def openai_error(status: int, message: str) -> bytes:
-    """``{"error":{message,type,param,code}}`` with the type/code OpenAI uses for `status` (§2.7)."""
+def openai_error(status: int, message: str, error_type: str | None = None) -> bytes:
+    """``{"error":{message,type,param,code}}`` with the type/code OpenAI uses for `status` (§2.7);
+    ``error_type`` sets the code (and the type too when it names one, like ``insufficient_quota``)."""
     kind, code = _openai_error_kind(status)
+    if error_type is not None:
+        code = error_type
+        if error_type.endswith("_error") or error_type == "insufficient_quota":
+            kind = error_type
     return _encode({"error": {"message": message, "type": kind, "param": None, "code": code}})
 
 
@@ -435,9 +514,28 @@ def anthropic_error_type(status: int) -> str:
     return _ANTHROPIC_ERROR_TYPES.get(status, "api_error")
 
 
-def anthropic_error(status: int, message: str) -> bytes:
-    """``{"type":"error","error":{type,message}}`` with the type Anthropic uses for `status`."""
-    return _encode({"type": "error", "error": {"type": anthropic_error_type(status), "message": message}})
+def anthropic_error(status: int, message: str, error_type: str | None = None) -> bytes:
+    """``{"type":"error","error":{type,message}}`` with the type Anthropic uses for `status` (or ``error_type``)."""
+    kind = error_type or anthropic_error_type(status)
+    return _encode({"type": "error", "error": {"type": kind, "message": message}})
+
+
+def fault_headers(plan: MockPlan, protocol: str) -> dict[str, str]:
+    """The rate-limit / retry headers a planned error response carries (``retry_after``, ``retry_after_ms``,
+    ``ratelimit_reset``); ``protocol`` is "openai", "anthropic" or "gemini" (no reset headers there)."""
+    headers: dict[str, str] = {}
+    if plan.retry_after is not None:
+        headers["retry-after"] = str(plan.retry_after)
+    if plan.retry_after_ms is not None:
+        headers["retry-after-ms"] = str(plan.retry_after_ms)
+    if plan.ratelimit_reset is not None:
+        if protocol == "anthropic":
+            headers["anthropic-ratelimit-requests-reset"] = plan.ratelimit_reset
+            headers["anthropic-ratelimit-requests-remaining"] = "0"
+        elif protocol == "openai":
+            headers["x-ratelimit-reset-requests"] = plan.ratelimit_reset
+            headers["x-ratelimit-remaining-requests"] = "0"
+    return headers
 
 
 def _has_text_block(reply: str, tools: tuple[tuple[str, dict[str, Any], str], ...]) -> bool:

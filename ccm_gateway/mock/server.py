@@ -15,6 +15,7 @@ import msgspec
 from aiohttp import web
 
 from . import embeddings, gemini
+from .faults import close_connection, reset_connection
 from .replies import (
     MockPlan,
     RequestInfo,
@@ -23,6 +24,7 @@ from .replies import (
     anthropic_sse,
     count_tokens,
     error_message,
+    fault_headers,
     html_error,
     new_request_id,
     openai_error,
@@ -85,16 +87,24 @@ def _id_headers(protocol: str) -> dict[str, str]:
     return {"x-request-id": new_request_id(protocol), "x-ratelimit-remaining-requests": "99"}
 
 
-def _error_response(protocol: str, status: int, message: str, *, html: bool = False) -> web.Response:
+def _error_response(protocol: str, status: int, message: str, *, html: bool = False,
+                    plan: MockPlan | None = None) -> web.Response:
     headers = _id_headers(protocol)
     if status == 429:
         headers["retry-after"] = "1"
+    error_type = None
+    if plan is not None:
+        headers.update(fault_headers(plan, protocol))
+        error_type = plan.error_type
     if html:
         headers["content-type"] = "text/html"
         body = html_error(status)
     else:
         headers["content-type"] = "application/json"
-        body = anthropic_error(status, message) if protocol == _ANTHROPIC else openai_error(status, message)
+        if protocol == _ANTHROPIC:
+            body = anthropic_error(status, message, error_type)
+        else:
+            body = openai_error(status, message, error_type)
     return web.Response(status=status, body=body, headers=headers)
 
 
@@ -113,7 +123,8 @@ class StreamResult:
     model: str
     total: int
     sent: int = 0
-    reader_left: bool = False  # a write failed because the reader had closed the connection
+    reader_left: bool = False  # the reader closed the connection before the stream's end
+    reset: bool = False  # the mock cut the connection on purpose (``reset_after``)
 
 
 class MockUpstream:
@@ -126,15 +137,37 @@ class MockUpstream:
         self.base_url = ""
         self.requests: list[RecordedRequest] = []
         self.streams: list[StreamResult] = []  # every streamed answer, newest last (same cap)
+        self.open_streams = 0  # responses being written right now (streams and stalled JSON)
+        self._hits: dict[str, int] = {}  # exact model string → requests seen (``fail_first``, ``hits``)
         self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+
+    # -- counters ---------------------------------------------------------------------------------
+
+    def hits(self, model: str) -> int:
+        """Requests seen whose model string was exactly ``model`` (directives included)."""
+        return self._hits.get(model, 0)
+
+    def reset_counters(self) -> None:
+        """Forget the per-model request counts, so ``fail_first`` plans fail again."""
+        self._hits = {}
+
+    def plan_for(self, model: str) -> MockPlan:
+        """Count a request for ``model`` and return its plan, without its faults once ``fail_first`` is used up.
+        Raises ValueError for a bad directive (the caller answers 400)."""
+        hits = self._hits[model] = self._hits.get(model, 0) + 1
+        plan = parse_plan(model)
+        if plan.fail_first is not None and hits > plan.fail_first:
+            return plan.healthy()
+        return plan
 
     # -- lifecycle --------------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Listen in the running event loop; `base_url` is valid afterwards."""
-        runner = web.AppRunner(self._build_app(), access_log=None, shutdown_timeout=0.25)
+        # handler_cancellation: a handler sleeping in a stall learns at once that its reader left.
+        runner = web.AppRunner(self._build_app(), access_log=None, shutdown_timeout=0.25, handler_cancellation=True)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port)
         try:
@@ -266,11 +299,14 @@ class MockUpstream:
         if not info.model:
             return _error_response(protocol, 400, "model: field required")
         try:
-            plan = parse_plan(info.model)
+            plan = self.plan_for(info.model)
         except ValueError as exc:
             return _error_response(protocol, 400, str(exc))
         if plan.ttfb_ms:
             await asyncio.sleep(plan.ttfb_ms / 1000)
+        if plan.fault == "reset":
+            reset_connection(request)
+            raise asyncio.CancelledError  # nothing may be written: the connection is gone
         if plan.auth is not None:
             ok = request.headers.get("authorization") == f"Bearer {plan.auth}"
             if protocol == _ANTHROPIC:
@@ -282,7 +318,7 @@ class MockUpstream:
                 return _error_response(protocol, 401, f"Incorrect API key provided: {presented}")
         if plan.status >= 400:
             return _error_response(
-                protocol, plan.status, error_message(plan.status), html=plan.error_body == "html"
+                protocol, plan.status, error_message(plan.status), html=plan.error_body == "html", plan=plan
             )
         return info, plan
 
@@ -304,12 +340,12 @@ class MockUpstream:
         if protocol == _OPENAI:
             if info.stream:
                 events = openai_sse(plan, plan.model, prompt_tokens, reply, info.include_usage)
-                return await self._stream(request, protocol, events, plan.delay_ms, info.model)
-            return self._json(protocol, openai_json(plan, plan.model, prompt_tokens, reply))
+                return await self._stream(request, protocol, events, plan.delay_ms, info.model, plan)
+            return await self._reply_json(request, protocol, openai_json(plan, plan.model, prompt_tokens, reply), plan)
         if info.stream:
             events = anthropic_sse(plan, plan.model, prompt_tokens, reply)
-            return await self._stream(request, protocol, events, plan.delay_ms, info.model)
-        return self._json(protocol, anthropic_json(plan, plan.model, prompt_tokens, reply))
+            return await self._stream(request, protocol, events, plan.delay_ms, info.model, plan)
+        return await self._reply_json(request, protocol, anthropic_json(plan, plan.model, prompt_tokens, reply), plan)
 
     async def _script(
         self, request: web.Request, protocol: str, plan: MockPlan, info: RequestInfo
@@ -322,10 +358,10 @@ class MockUpstream:
             return web.Response(status=script.status, body=script.body, headers={
                 **_id_headers(protocol), "content-type": "application/json"})
         if info.stream and script.events:  # a script without events ignores ``stream`` and answers JSON
-            return await self._stream(request, protocol, list(script.events), plan.delay_ms, info.model)
+            return await self._stream(request, protocol, list(script.events), plan.delay_ms, info.model, plan)
         if not script.body:
             return _error_response(protocol, 400, f"mock script {plan.script!r} has no JSON form")
-        return self._json(protocol, script.body)
+        return await self._reply_json(request, protocol, script.body, plan)
 
     async def _anthropic_count_tokens(self, request: web.Request) -> web.StreamResponse:
         prepared = await self._prepare(request, _ANTHROPIC)
@@ -340,26 +376,76 @@ class MockUpstream:
         headers["content-type"] = "application/json"
         return web.Response(body=body, headers=headers)
 
+    async def _reply_json(
+        self, request: web.Request, protocol: str, body: bytes, plan: MockPlan, headers: dict[str, str] | None = None
+    ) -> web.StreamResponse:
+        """A JSON answer; with ``stall_first_ms`` its head goes first and the body after the stall."""
+        if not plan.stall_first_ms:
+            if headers is None:
+                return self._json(protocol, body)
+            return web.Response(body=body, headers=headers)
+        if headers is None:
+            headers = _id_headers(protocol)
+            headers["content-type"] = "application/json"
+        response = web.StreamResponse(headers=headers)
+        response.content_length = len(body)
+        self.open_streams += 1  # before the head leaves, so a reader that has the head sees the count
+        try:
+            await response.prepare(request)
+            await asyncio.sleep(plan.stall_first_ms / 1000)
+            await response.write(body)
+            await response.write_eof()
+        except ConnectionError:
+            pass
+        finally:
+            self.open_streams -= 1
+        return response
+
     async def _stream(
-        self, request: web.Request, protocol: str, events: list[bytes], delay_ms: int, model: str | None
+        self, request: web.Request, protocol: str, events: list[bytes], delay_ms: int, model: str | None,
+        plan: MockPlan | None = None,
     ) -> web.StreamResponse:
         headers = _id_headers(protocol)
         headers["content-type"] = "text/event-stream"
         headers["cache-control"] = "no-cache"
         response = web.StreamResponse(headers=headers)
-        await response.prepare(request)
         delay = delay_ms / 1000
         result = StreamResult(model or "", len(events))
         if self.record:
             self.streams.append(result)
             del self.streams[:-_MAX_RECORDED]
+        stall_first = plan.stall_first_ms / 1000 if plan is not None else 0.0
+        reset_after = plan.reset_after if plan is not None else None
+        stall_after = plan.stall_after if plan is not None else None
+        drip = plan.drip_bytes if plan is not None else None
+        self.open_streams += 1  # before the head leaves, so a reader that has the head sees the count
         # A client hanging up mid-stream is normal in tests (e.g. cancellation); just stop writing.
         try:
+            await response.prepare(request)
+            if stall_first:
+                await asyncio.sleep(stall_first)
             for position, event in enumerate(events):
-                if delay and position:
-                    await asyncio.sleep(delay)
-                await response.write(event)  # one write per event so each is flushed on its own
+                if position == reset_after:
+                    result.reset = True
+                    close_connection(request)
+                    return response
+                if position == stall_after and plan is not None:
+                    await asyncio.sleep(plan.stall_ms / 1000)
+                if drip is None:
+                    if delay and position:
+                        await asyncio.sleep(delay)
+                    await response.write(event)  # one write per event so each is flushed on its own
+                else:
+                    for start in range(0, len(event), drip):
+                        if delay and (position or start):
+                            await asyncio.sleep(delay)
+                        await response.write(event[start:start + drip])
                 result.sent += 1
         except ConnectionError:
             result.reader_left = True
+        except asyncio.CancelledError:  # handler cancellation: the reader closed the connection
+            result.reader_left = True
+            raise
+        finally:
+            self.open_streams -= 1
         return response

@@ -68,7 +68,8 @@ class Upstream:
         return dialect in self.kind.dialects
 
     def pick_key(self) -> Secret | None:
-        """A credential chosen at random in proportion to its weight."""
+        """A credential chosen at random in proportion to its weight (embeddings, token counting; chat
+        requests choose theirs with the route's members, ``routing.Attempts``)."""
         if not self.keys:
             return None
         if len(self.keys) == 1:
@@ -119,13 +120,15 @@ class Upstream:
             await session.close()
 
     async def send(
-        self, op: str, body: bytes, headers: dict[str, str], stream: bool, deadline: float, *, model: str = ""
+        self, op: str, body: bytes, headers: dict[str, str], stream: bool, deadline: float, *, model: str = "",
+        first_byte: float | None = None, connect: float | None = None,
     ) -> UpstreamResponse:
         """POST a request for ``op`` (a Dialect for a chat call, or "embeddings") to the URL built for
         ``model`` (Azure and Gemini put it in the path); returns once the response head has arrived.
 
         Raises UpstreamUnavailable on connection failures and UpstreamTimeout when the head does not
         come within ``first_byte`` (streams) or by ``deadline`` (loop time; JSON answers arrive whole).
+        ``first_byte`` and ``connect`` override the provider's (a route's ``timeout`` table).
         """
         if self._session is None:
             await self.start()
@@ -134,10 +137,12 @@ class Upstream:
         loop = asyncio.get_running_loop()
         wait = deadline - loop.time()
         if stream:
-            wait = min(wait, self.timeout.first_byte)
+            wait = min(wait, first_byte or self.timeout.first_byte)
+        extra = {} if connect is None else {"timeout": aiohttp.ClientTimeout(total=None, connect=connect,
+                                                                               sock_connect=connect)}
         try:
             async with asyncio.timeout_at(loop.time() + wait):
-                resp = await self._session.post(url, data=body, headers=headers, allow_redirects=False)
+                resp = await self._session.post(url, data=body, headers=headers, allow_redirects=False, **extra)
         except TimeoutError:
             raise UpstreamTimeout(f"upstream {self.name} did not answer within {wait:g}s") from None
         except aiohttp.ClientError as exc:
