@@ -37,7 +37,9 @@ class MemoryBackend(StateBackend):
             if not ok:
                 wait = max(wait, retry)
         for slot in slots:
-            if len(self._live(slot.key, now)) >= slot.limit:
+            held = self.slots.get(slot.key)
+            # Expired holders (requests that never finished) are dropped only when they could matter.
+            if held is not None and len(held) >= slot.limit and len(self._live(slot.key, now)) >= slot.limit:
                 wait = max(wait, 1.0)  # unknown: a slot frees when some request ends
         if wait > 0:
             meters = tuple(meter_state(tats.get(r.key, now), now, r) for r in rates)

@@ -39,6 +39,7 @@ ANTHROPIC_TOOL_PREAMBLE = 300
 
 _ROLE_TOKENS = {"system": 1, "user": 1, "assistant": 1, "tool": 1, "developer": 1, "function": 1}
 THREAD_THRESHOLD = 256 * 1024  # bytes of request body above which counting runs on a thread
+MODEL_CACHE = 10_000  # model names whose family and encoding are remembered
 
 
 def encoding_for_model(model: str) -> str:
@@ -154,6 +155,7 @@ class TokenCounter:
     cache_ttl: float = 3600.0
     _cache: TTLCache = field(init=False, repr=False)
     _lock: threading.Lock = field(init=False, repr=False, default_factory=threading.Lock)
+    _models: dict[str, tuple[str, str]] = field(init=False, repr=False, default_factory=dict)  # → family, encoding
 
     def __post_init__(self) -> None:
         # Bounded by the total length of the cached texts (≈ their memory), and by age. Entries are
@@ -189,8 +191,14 @@ class TokenCounter:
         Exact means the OpenAI cookbook count for an OpenAI model; everything else is an estimate.
         Raises msgspec errors on bodies that are not requests of that dialect.
         """
-        family = family_of(model)
-        encoding = encoding_for_model(model) if family == "openai" else "o200k_base"
+        try:
+            family, encoding = self._models[model]
+        except KeyError:
+            family = family_of(model)
+            encoding = encoding_for_model(model) if family == "openai" else "o200k_base"
+            if len(self._models) >= MODEL_CACHE:  # clients choose model names: bounded
+                self._models.clear()
+            self._models[model] = family, encoding
         if client_dialect == "anthropic_messages":
             raw = self._anthropic(_anthropic_request.decode(body), encoding, family)
         else:
