@@ -106,7 +106,8 @@ class _BilledSend:
         if with_cost:
             start = held[0]
             self.meter.final_usage(self.ex, self.hold, self.counter, True)
-            start["headers"] = [h for h in start["headers"] if h[0] != b"x-ccm-budget-remaining-usd"]
+            if self.hold.remaining is not None:  # the head's figure is replaced by the one after this request
+                start["headers"] = [h for h in start["headers"] if h[0] != b"x-ccm-budget-remaining-usd"]
             start["headers"] += cost_headers(self.ex, self.hold)
         for message in held:
             await self.send(message)

@@ -177,7 +177,8 @@ def settlement(ex: Exchange, rates: list[Rate], kinds: list[tuple[str, int]], re
     delta = float(actual - reserved)
     if delta == 0:
         return []
-    return [r._replace(cost=delta) for r, (kind, _) in zip(rates, kinds, strict=True) if kind == "tokens"]
+    return [Rate(r.key, r.per_second, r.burst, delta) for r, (kind, _) in zip(rates, kinds, strict=True)
+            if kind == "tokens"]
 
 
 def client_ip(scope: Scope, trusted: list[Any]) -> str:
@@ -234,7 +235,7 @@ def limit_headers(kinds: list[tuple[str, int]], admission: Admission) -> list[tu
     headers: list[tuple[bytes, bytes]] = []
     for kind, (remaining, limit, reset) in tightest.items():
         limit_name, remaining_name, reset_name = _HEADER_NAMES[kind]
-        headers += ((limit_name, b"%d" % limit), (remaining_name, b"%d" % int(remaining)),
+        headers += ((limit_name, b"%d" % limit), (remaining_name, b"%d" % remaining),
                     (reset_name, duration(reset).encode()))
     return headers
 

@@ -34,7 +34,10 @@ class RequestIdMiddleware:
         async def send_with_id(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 headers = message.setdefault("headers", [])
-                if not any(name == _HEADER for name, _ in headers):
+                for name, _ in headers:
+                    if name == _HEADER:
+                        break
+                else:
                     message["headers"] = [*headers, (_HEADER, value)]
             await send(message)
 
