@@ -30,8 +30,8 @@ _INSTANCE = os.urandom(6).hex()  # slot holders must be unique across instances 
 
 
 class _Meters:
-    """The keys, rates and header names of one subject (a gateway key or a client IP), built once per
-    subject, so a request only adds its token cost."""
+    """The keys and rates of one subject (a gateway key or a client IP), built once per subject, so a
+    request only adds its token cost."""
 
     __slots__ = ("conc_key", "concurrency", "requests", "rpm", "rpm_key", "tpm", "tpm_burst", "tpm_key",
                  "tpm_per_second")
@@ -129,7 +129,7 @@ class RateLimitMiddleware:
         for m in subjects:
             if m.requests is not None:
                 rates.append(m.requests)
-                kinds.append(("requests", m.rpm))  # type: ignore[arg-type]  # set when requests is
+                kinds.append(("requests", m.rpm or 0))  # rpm is set whenever requests is
             if m.tpm and reserved:
                 rates.append(Rate(m.tpm_key, m.tpm_per_second, m.tpm_burst, float(reserved)))
                 kinds.append(("tokens", m.tpm))
