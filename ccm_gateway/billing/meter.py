@@ -9,6 +9,7 @@ the ledger); a Meter can be built from a Config alone for use outside ``create_a
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import time
@@ -20,7 +21,7 @@ from ..config import Config
 from ..dialects.head import integer
 from ..errors import BudgetExceeded, GatewayError, PermissionDenied, ServiceUnavailable
 from ..exchange import USAGE_FIELDS, Exchange
-from .budgets import BudgetStore, Line, Period, budget_store_from_config
+from .budgets import BudgetStore, Line, MemoryBudgetStore, Period, budget_store_from_config
 from .cost import Cost, cost_of, estimate_cost
 from .estimate import OutputCounter, prompt_estimate
 from .ledger import ALL_ESTIMATED, Ledger, LedgerUnavailable, Record
@@ -29,6 +30,26 @@ from .pricing import Price, PriceTable
 log = logging.getLogger("ccm_gateway.billing")
 ANONYMOUS = "anonymous"
 RoutePrice = Callable[[str], Price | None]
+ROUTE_PRICES = 10_000  # model names whose reservation price is remembered
+
+
+class _Uids:
+    """Ledger uids: 48 random bits per process, then a counter — unique like 96 random bits per request,
+    without a system call per request. A forked child draws its own prefix."""
+
+    def __init__(self) -> None:
+        self.reset()
+        os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        self.prefix = os.urandom(6).hex()
+        self.counter = itertools.count()
+
+    def __call__(self) -> str:
+        return f"{self.prefix}{next(self.counter):012x}"
+
+
+next_uid = _Uids()
 
 
 class Hold:
@@ -38,7 +59,7 @@ class Hold:
                  "remaining", "source", "streaming", "team", "ts", "uid", "unpriced")
 
     def __init__(self, key: str, team: str | None) -> None:
-        self.uid = os.urandom(12).hex()  # the ledger's key: client-chosen request ids may repeat
+        self.uid = next_uid()  # the ledger's key: client-chosen request ids may repeat
         self.key, self.team = key, team
         self.ts = time.time()
         self.mono = asyncio.get_running_loop().time()
@@ -66,10 +87,17 @@ class Meter:
         self.ledger = ledger if ledger is not None else _ledger_from(config)
         self.unpriced: Counter[str] = Counter()  # deployments billed with cost null
         self._periods: dict[str, Period] = {}
+        self._route_prices: dict[str, Price | None] = {}
+        self._prices_from: RoutePrice | None = None
         self._started = False
         self._lock: asyncio.Lock | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Started, or nothing to start (no ledger): the stage then skips ``start`` without awaiting."""
+        return self._started or self.ledger is None
 
     async def start(self) -> None:
         """Open the ledger (recovering what a killed process left open) and seed the budgets."""
@@ -124,13 +152,28 @@ class Meter:
         hold.prompt = prompt_estimate(ex)
         try:
             head = ex.head()
-            hold.price = self.route_price(head.model)
+            hold.price = self._route_price(head.model)
             hold.unpriced = hold.price is None
             hold.output_allowance = 0 if ex.operation == "embeddings" else self._allowance(head.fields)
         except GatewayError:  # a bad body or an unknown model: the endpoint answers it, nothing is spent
             hold.prompt = 0
         hold.amount = estimate_cost(hold.prompt, hold.output_allowance, hold.price)
         return hold
+
+    def _route_price(self, model: str) -> Price | None:
+        """``route_price``, remembered per model name (routes and prices do not change while serving)."""
+        if self._prices_from is not self.route_price:  # replaced (by the app, or a test): start over
+            self._route_prices.clear()
+            self._prices_from = self.route_price
+        try:
+            return self._route_prices[model]
+        except KeyError:
+            pass
+        price = self.route_price(model)  # raises for an unknown model: not remembered
+        if len(self._route_prices) >= ROUTE_PRICES:  # clients choose model names: bounded
+            self._route_prices.clear()
+        self._route_prices[model] = price
+        return price
 
     def _allowance(self, fields: dict[str, Any]) -> int:
         """The request's own output limit (a true upper bound), else ``reserve_output_tokens``."""
@@ -145,7 +188,11 @@ class Meter:
             raise PermissionDenied(f"model {ex.model!r} has no price, and this key has a budget: add the model "
                                    "under [pricing.models] (or set billing.allow_unpriced)")
         if hold.lines:
-            decision = await self.budgets.reserve(hold.lines, hold.amount)
+            local = _in_process(self.budgets)
+            if local is not None:
+                decision = local.reserve_now(hold.lines, hold.amount)
+            else:
+                decision = await self.budgets.reserve(hold.lines, hold.amount)
             hold.remaining = min(decision.remaining)
             hold.source = decision.source
             if not decision.allowed:
@@ -209,13 +256,32 @@ class Meter:
         """Queue the final record and settle the budget to the actual cost; never raises. Everything
         before the budget call is synchronous, so a cancelled request task cannot interrupt it; the
         budget call is shielded (a shared store would wait on the network)."""
+        if self.finish_now(ex, hold, counter, complete):
+            await self.settle_shared(ex, hold)
+
+    def finish_now(self, ex: Exchange, hold: Hold, counter: OutputCounter, complete: bool) -> bool:
+        """The synchronous part of ``finish``: the final usage and cost, the final record queued, and the
+        budget settled when its store is in this process. True when a shared store still has to be
+        settled (``settle_shared``); never raises."""
         try:
             outcome = self.final_usage(ex, hold, counter, complete)
             ex.cost = hold.cost.total if hold.cost is not None else None
             if self.ledger is not None:
                 self.ledger.add(self._record(ex, hold, "final", outcome=outcome))
-            if hold.lines:
-                await asyncio.shield(self.budgets.settle(hold.lines, hold.amount, ex.cost or 0.0, hold.source))
+            if not hold.lines:
+                return False
+            local = _in_process(self.budgets)
+            if local is None:
+                return True
+            local.settle_now(hold.lines, hold.amount, ex.cost or 0.0)
+        except Exception:
+            log.exception("billing could not settle request %s", ex.request_id)
+        return False
+
+    async def settle_shared(self, ex: Exchange, hold: Hold) -> None:
+        """Settle the budget on a shared store, shielded from the request's cancellation; never raises."""
+        try:
+            await asyncio.shield(self.budgets.settle(hold.lines, hold.amount, ex.cost or 0.0, hold.source))
         except Exception:
             log.exception("billing could not settle request %s", ex.request_id)
 
@@ -245,6 +311,16 @@ class Meter:
             if ex.first_byte_at is not None:
                 record.ttfb_ms = round((ex.first_byte_at - hold.mono) * 1000, 3)
         return record
+
+
+def _in_process(store: BudgetStore) -> MemoryBudgetStore | None:
+    """The store when it is the plain in-memory one, which is asked without awaiting (a subclass may
+    hook the async methods)."""
+    kind = type(store)
+    if kind is MemoryBudgetStore or (isinstance(store, MemoryBudgetStore) and kind.reserve is MemoryBudgetStore.reserve
+                                     and kind.settle is MemoryBudgetStore.settle):
+        return store  # type: ignore[return-value]
+    return None
 
 
 def _outcome(ex: Exchange, complete: bool) -> str:

@@ -32,15 +32,18 @@ class BillingMiddleware:
             await self.app(scope, receive, send)
             return
         meter = self.meter
-        await meter.start()  # no-op once started (lazily here when mounted without lifespan)
+        if not meter.ready:
+            await meter.start()  # lazily here when mounted without lifespan
         hold = meter.plan(ex)
-        await meter.reserve(ex, hold)
+        if hold.lines or meter.ledger is not None:  # else there is nothing to reserve or record
+            await meter.reserve(ex, hold)
         sender = _BilledSend(send, ex, hold, meter)
         try:
             await self.app(scope, receive, sender)
         finally:
             sender.count_held()
-            await meter.finish(ex, hold, sender.counter, sender.complete)  # shields what can wait
+            if meter.finish_now(ex, hold, sender.counter, sender.complete):  # in-process budgets settle here
+                await meter.settle_shared(ex, hold)  # shielded
 
 
 class _BilledSend:
@@ -103,7 +106,8 @@ class _BilledSend:
         if with_cost:
             start = held[0]
             self.meter.final_usage(self.ex, self.hold, self.counter, True)
-            start["headers"] = [h for h in start["headers"] if h[0] != b"x-ccm-budget-remaining-usd"]
+            if self.hold.remaining is not None:  # the head's figure is replaced by the one after this request
+                start["headers"] = [h for h in start["headers"] if h[0] != b"x-ccm-budget-remaining-usd"]
             start["headers"] += cost_headers(self.ex, self.hold)
         for message in held:
             await self.send(message)

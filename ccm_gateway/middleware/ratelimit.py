@@ -16,13 +16,11 @@ import math
 import os
 from typing import Any
 
-from cachetools import LRUCache
-
 from ..config import LimitsConfig
 from ..dialects.head import integer
 from ..errors import InvalidRequest, RateLimited
 from ..exchange import Exchange, exchange_of
-from ..state import Admission, Rate, Slots, StateBackend
+from ..state import Admission, MemoryBackend, Rate, Slots, StateBackend
 from .types import ASGIApp, Receive, Scope, Send
 
 _PREFIX = b"x-ratelimit-"
@@ -32,14 +30,19 @@ _INSTANCE = os.urandom(6).hex()  # slot holders must be unique across instances 
 
 
 class _Meters:
-    """The keys and rates of one subject (a gateway key or a client IP), built once per subject."""
+    """The keys and rates of one subject (a gateway key or a client IP), built once per subject, so a
+    request only adds its token cost."""
 
-    __slots__ = ("conc_key", "concurrency", "rpm", "rpm_key", "tpm", "tpm_key")
+    __slots__ = ("conc_key", "concurrency", "requests", "rpm", "rpm_key", "tpm", "tpm_burst", "tpm_key",
+                 "tpm_per_second")
 
-    def __init__(self, tag: str, rpm: int | None, tpm: int | None, concurrency: int | None) -> None:
+    def __init__(self, tag: str, rpm: int | None, tpm: int | None, concurrency: int | None, burst: float) -> None:
         base = f"ccm:{{{tag}}}:"  # the hash tag keeps one subject's keys in one Redis Cluster slot
         self.rpm, self.tpm, self.concurrency = rpm, tpm, concurrency
         self.rpm_key, self.tpm_key, self.conc_key = base + "rpm", base + "tpm", base + "conc"
+        self.requests = Rate(self.rpm_key, rpm / 60.0, max(rpm * burst, 1.0), 1.0) if rpm else None
+        self.tpm_per_second = tpm / 60.0 if tpm else 0.0
+        self.tpm_burst = max(tpm * burst, 1.0) if tpm else 0.0
 
 
 class RateLimitMiddleware:
@@ -47,13 +50,15 @@ class RateLimitMiddleware:
         self.app = app
         self.limits = limits
         self.backend = backend
+        # The in-process backend is asked without awaiting: admit and settle are plain calls, no coroutines.
+        self.local = backend if isinstance(backend, MemoryBackend) and _plain(type(backend)) else None
         self.ttl = ttl  # seconds a concurrency slot lives if never released: the request deadline
         self.burst = limits.burst
         self.cap = limits.max_tokens_cap
         self.trusted = [ipaddress.ip_network(c, strict=False) for c in limits.trusted_proxies]
         self.by_ip = bool(limits.ip_rpm or limits.ip_tpm or limits.ip_concurrency)
         self.keyed: dict[str, _Meters | None] = {}
-        self.ips: LRUCache[str, _Meters] = LRUCache(maxsize=10_000)  # saves building keys per request
+        self.ips: dict[str, _Meters] = {}  # saves building keys per request; cleared when it reaches IP_CACHE
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ex = exchange_of(scope)
@@ -63,11 +68,15 @@ class RateLimitMiddleware:
             return
         reserved = reservation(ex, self.cap) if ex.body else 0
         rates, slots, kinds = self._plan(subjects, reserved)
-        admission = await self.backend.admit(rates, slots, self.ttl)
-        headers = limit_headers(kinds, rates, admission)
+        local = self.local
+        if local is not None:
+            admission = local.admit_now(rates, slots, self.ttl)
+        else:
+            admission = await self.backend.admit(rates, slots, self.ttl)
         if not admission.allowed:
+            headers = {k.decode(): v.decode() for k, v in limit_headers(kinds, admission)}
             raise RateLimited(_message(admission.retry_after), headers=_retry_headers(admission.retry_after, headers))
-        ours = [(k.encode(), v.encode()) for k, v in headers.items()]
+        ours = limit_headers(kinds, admission)
 
         async def send_with_limits(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
@@ -79,7 +88,10 @@ class RateLimitMiddleware:
         finally:
             adjust = settlement(ex, rates, kinds, reserved)
             if adjust or slots:
-                await self.backend.finish(adjust, slots, admission.source)
+                if local is not None and admission.source == local.name:
+                    local.finish_now(adjust, slots)
+                else:
+                    await self.backend.finish(adjust, slots, admission.source)
 
     def _subjects(self, scope: Scope, ex: Exchange) -> list[_Meters]:
         subjects: list[_Meters] = []
@@ -94,8 +106,10 @@ class RateLimitMiddleware:
             ip = client_ip(scope, self.trusted)
             meters = self.ips.get(ip)
             if meters is None:
+                if len(self.ips) >= IP_CACHE:
+                    self.ips.clear()
                 lim = self.limits
-                meters = self.ips[ip] = _Meters("ip:" + ip, lim.ip_rpm, lim.ip_tpm, lim.ip_concurrency)
+                meters = self.ips[ip] = _Meters("ip:" + ip, lim.ip_rpm, lim.ip_tpm, lim.ip_concurrency, self.burst)
             subjects.append(meters)
         return subjects
 
@@ -105,23 +119,31 @@ class RateLimitMiddleware:
         concurrency = principal.concurrency or lim.concurrency
         if not (rpm or tpm or concurrency):
             return None
-        return _Meters("key:" + principal.name, rpm, tpm, concurrency)
+        return _Meters("key:" + principal.name, rpm, tpm, concurrency, self.burst)
 
-    def _plan(self, subjects: list[_Meters], reserved: int) -> tuple[list[Rate], list[Slots], list[tuple[str, int]]]:
+    @staticmethod
+    def _plan(subjects: list[_Meters], reserved: int) -> tuple[list[Rate], list[Slots], list[tuple[str, int]]]:
         rates: list[Rate] = []
         kinds: list[tuple[str, int]] = []  # ("requests" | "tokens", limit per minute), parallel to rates
         slots: list[Slots] = []
-        burst = self.burst
         for m in subjects:
-            if m.rpm:
-                rates.append(Rate(m.rpm_key, m.rpm / 60.0, max(m.rpm * burst, 1.0), 1.0))
-                kinds.append(("requests", m.rpm))
+            if m.requests is not None:
+                rates.append(m.requests)
+                kinds.append(("requests", m.rpm or 0))  # rpm is set whenever requests is
             if m.tpm and reserved:
-                rates.append(Rate(m.tpm_key, m.tpm / 60.0, max(m.tpm * burst, 1.0), float(reserved)))
+                rates.append(Rate(m.tpm_key, m.tpm_per_second, m.tpm_burst, float(reserved)))
                 kinds.append(("tokens", m.tpm))
             if m.concurrency:
                 slots.append(Slots(m.conc_key, m.concurrency, f"{_INSTANCE}:{next(_holders)}"))
         return rates, slots, kinds
+
+
+IP_CACHE = 10_000
+
+
+def _plain(cls: type) -> bool:
+    """True when ``cls`` keeps MemoryBackend's admit and finish (a subclass may hook the async ones)."""
+    return cls.admit is MemoryBackend.admit and cls.finish is MemoryBackend.finish
 
 
 def reservation(ex: Exchange, cap: int) -> int:
@@ -155,7 +177,8 @@ def settlement(ex: Exchange, rates: list[Rate], kinds: list[tuple[str, int]], re
     delta = float(actual - reserved)
     if delta == 0:
         return []
-    return [r._replace(cost=delta) for r, (kind, _) in zip(rates, kinds, strict=True) if kind == "tokens"]
+    return [Rate(r.key, r.per_second, r.burst, delta) for r, (kind, _) in zip(rates, kinds, strict=True)
+            if kind == "tokens"]
 
 
 def client_ip(scope: Scope, trusted: list[Any]) -> str:
@@ -198,17 +221,22 @@ def _valid(address: str) -> bool:
     return True
 
 
-def limit_headers(kinds: list[tuple[str, int]], rates: list[Rate], admission: Admission) -> dict[str, str]:
+_HEADER_NAMES = {kind: (f"x-ratelimit-limit-{kind}".encode(), f"x-ratelimit-remaining-{kind}".encode(),
+                        f"x-ratelimit-reset-{kind}".encode()) for kind in ("requests", "tokens")}
+
+
+def limit_headers(kinds: list[tuple[str, int]], admission: Admission) -> list[tuple[bytes, bytes]]:
     """OpenAI-style headers for the tightest requests meter and the tightest tokens meter."""
     tightest: dict[str, tuple[float, int, float]] = {}
     for (kind, limit), (remaining, reset) in zip(kinds, admission.meters, strict=True):
-        if kind not in tightest or remaining < tightest[kind][0]:
+        known = tightest.get(kind)
+        if known is None or remaining < known[0]:
             tightest[kind] = (remaining, limit, reset)
-    headers: dict[str, str] = {}
+    headers: list[tuple[bytes, bytes]] = []
     for kind, (remaining, limit, reset) in tightest.items():
-        headers[f"x-ratelimit-limit-{kind}"] = str(limit)
-        headers[f"x-ratelimit-remaining-{kind}"] = str(int(remaining))
-        headers[f"x-ratelimit-reset-{kind}"] = duration(reset)
+        limit_name, remaining_name, reset_name = _HEADER_NAMES[kind]
+        headers += ((limit_name, b"%d" % limit), (remaining_name, b"%d" % remaining),
+                    (reset_name, duration(reset).encode()))
     return headers
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from typing import Any
 
 from ..exchange import exchange_of
@@ -14,9 +15,36 @@ _VALID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 _HEADER = b"x-request-id"
 
 
+class _RandomHex:
+    """Hex digits from ``os.urandom``, read 4 KiB at a time: the same randomness as one ``urandom``
+    call per id, at one system call per 256 ids. Emptied in a forked child, so workers never share."""
+
+    __slots__ = ("digits", "lock", "pos")
+
+    def __init__(self) -> None:
+        self.digits = ""
+        self.pos = 0
+        self.lock = threading.Lock()  # apps in several threads (each with its own loop) share the pool
+
+    def take(self, n: int) -> str:
+        with self.lock:
+            pos = self.pos
+            if pos + n > len(self.digits):
+                self.digits, pos = os.urandom(4096).hex(), 0
+            self.pos = pos + n
+            return self.digits[pos:pos + n]
+
+    def clear(self) -> None:
+        self.digits, self.pos, self.lock = "", 0, threading.Lock()
+
+
+_random = _RandomHex()
+os.register_at_fork(after_in_child=_random.clear)
+
+
 def new_request_id() -> str:
-    """128 random bits, like a uuid4, at a fifth of uuid4's cost."""
-    return "req_" + os.urandom(16).hex()
+    """128 random bits, like a uuid4, at a fraction of uuid4's cost."""
+    return "req_" + _random.take(32)
 
 
 class RequestIdMiddleware:
@@ -34,7 +62,10 @@ class RequestIdMiddleware:
         async def send_with_id(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 headers = message.setdefault("headers", [])
-                if not any(name == _HEADER for name, _ in headers):
+                for name, _ in headers:
+                    if name == _HEADER:
+                        break
+                else:
                     message["headers"] = [*headers, (_HEADER, value)]
             await send(message)
 

@@ -16,6 +16,7 @@ from ..errors import GatewayError, InvalidRequest
 from ..exchange import Exchange, exchange_of
 from ..routing import Route, Router
 from ..tokens import TokenCounter, known_window
+from ..tokens.counting import THREAD_THRESHOLD
 from .types import ASGIApp, Receive, Scope, Send
 
 ESTIMATE_MARGIN = 0.15  # Anthropic/Gemini estimates can be this far off (PROTOCOLS.md §6.3)
@@ -30,6 +31,7 @@ class TokenCountMiddleware:
         self.app = app
         self.counter = counter
         self.router = router
+        self.windows: dict[str, int | None] = {}  # upstream model → known context window, looked up once
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ex = exchange_of(scope)
@@ -45,11 +47,14 @@ class TokenCountMiddleware:
             return  # the endpoint answers unknown models in the caller's protocol
         target = route.deployments[0].model
         try:
-            count, exact = await self.counter.count_async(ex.body, ex.dialect.value, target)
+            if len(ex.body) < THREAD_THRESHOLD:  # counted here, without a coroutine
+                count, exact = self.counter.count(ex.body, ex.dialect.value, target)
+            else:
+                count, exact = await self.counter.count_async(ex.body, ex.dialect.value, target)
         except (msgspec.DecodeError, msgspec.ValidationError):
             return  # not a shape we can count; the endpoint or the upstream will say what is wrong
         ex.token_estimate = count
-        window = route.context_window or known_window(target)
+        window = route.context_window or self._known_window(target)
         if window is not None and count * (1.0 if exact else 1.0 - ESTIMATE_MARGIN) > window:
             fallback = self.larger(route, count)
             if fallback is None:
@@ -67,6 +72,18 @@ class TokenCountMiddleware:
             if window is None or count * (1.0 - ESTIMATE_MARGIN) <= window:
                 return name
         return None
+
+    def _known_window(self, model: str) -> int | None:
+        try:
+            return self.windows[model]
+        except KeyError:
+            if len(self.windows) >= MODEL_CACHE:  # clients choose model names: bounded
+                self.windows.clear()
+            window = self.windows[model] = known_window(model)
+            return window
+
+
+MODEL_CACHE = 10_000
 
 
 def too_long(dialect: Dialect, count: int, window: int) -> ContextWindowExceeded:

@@ -34,21 +34,28 @@ class MemoryBackend(StateBackend):
         for rate in rates:
             ok, tat, retry = gcra_charge(tats.get(rate.key, now), now, rate)
             new.append(tat)
-            if not ok:
-                wait = max(wait, retry)
+            if not ok and retry > wait:
+                wait = retry
         for slot in slots:
-            if len(self._live(slot.key, now)) >= slot.limit:
+            held = self.slots.get(slot.key)
+            # Expired holders (requests that never finished) are dropped only when they could matter.
+            if held is not None and len(held) >= slot.limit and len(self._live(slot.key, now)) >= slot.limit:
                 wait = max(wait, 1.0)  # unknown: a slot frees when some request ends
         if wait > 0:
-            meters = tuple(meter_state(tats.get(r.key, now), now, r) for r in rates)
+            meters = tuple([meter_state(tats.get(r.key, now), now, r) for r in rates])
             return Admission(False, wait, meters, self.name)
+        meters = []
         for rate, tat in zip(rates, new, strict=True):
             tats[rate.key] = tat
+            meters.append(meter_state(tat, now, rate))
         for slot in slots:
-            self.slots.setdefault(slot.key, {})[slot.holder] = now + ttl
+            holders = self.slots.get(slot.key)
+            if holders is None:
+                holders = self.slots[slot.key] = {}
+            holders[slot.holder] = now + ttl
         if len(tats) > self.max_keys:
             self._sweep(now)
-        return Admission(True, 0.0, tuple(meter_state(t, now, r) for r, t in zip(rates, new, strict=True)), self.name)
+        return Admission(True, 0.0, tuple(meters), self.name)
 
     async def finish(self, adjust: Sequence[Rate], slots: Sequence[Slots], source: str = "memory") -> None:
         self.finish_now(adjust, slots)

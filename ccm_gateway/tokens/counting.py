@@ -14,9 +14,9 @@ import threading
 from dataclasses import dataclass, field
 
 import msgspec
-from cachetools import TTLCache
 from msgspec import Raw, Struct
 
+from .cache import TextCache
 from .encodings import get_encoding
 
 # §6.1: tiktoken's model → encoding table (prefixes; more specific first). Anything else: o200k_base.
@@ -39,6 +39,7 @@ ANTHROPIC_TOOL_PREAMBLE = 300
 
 _ROLE_TOKENS = {"system": 1, "user": 1, "assistant": 1, "tool": 1, "developer": 1, "function": 1}
 THREAD_THRESHOLD = 256 * 1024  # bytes of request body above which counting runs on a thread
+MODEL_CACHE = 10_000  # model names whose family and encoding are remembered
 
 
 def encoding_for_model(model: str) -> str:
@@ -152,28 +153,25 @@ class TokenCounter:
     multipliers: dict[str, float] = field(default_factory=lambda: {"anthropic": 1.15, "gemini": 1.0, "other": 1.0})
     cache_chars: int = 64 * 1024 * 1024
     cache_ttl: float = 3600.0
-    _cache: TTLCache = field(init=False, repr=False)
+    _cache: TextCache = field(init=False, repr=False)
     _lock: threading.Lock = field(init=False, repr=False, default_factory=threading.Lock)
+    _models: dict[str, tuple[str, str]] = field(init=False, repr=False, default_factory=dict)  # → family, encoding
 
     def __post_init__(self) -> None:
-        # Bounded by the total length of the cached texts (≈ their memory), and by age. Entries are
-        # (count, size) because cachetools sizes an entry by its value.
-        self._cache = TTLCache(maxsize=self.cache_chars, ttl=self.cache_ttl, getsizeof=lambda entry: entry[1])
+        # Bounded by the total length of the cached texts (≈ their memory), and by age.
+        self._cache = TextCache(self.cache_chars, self.cache_ttl)
 
     def text(self, text: str, encoding: str = "o200k_base") -> int:
         if not text:
             return 0
         key = (encoding, text)
-        try:
-            with self._lock:  # large bodies are counted on a worker thread (count_async)
-                return self._cache[key][0]  # not .get(): that looks the key up twice
-        except KeyError:
-            pass
+        with self._lock:  # large bodies are counted on a worker thread (count_async)
+            count = self._cache.get(key)
+        if count is not None:
+            return count
         count = len(get_encoding(encoding).encode(text, disallowed_special=()))
-        size = len(text) + 64
-        if size <= self.cache_chars:
-            with self._lock:
-                self._cache[key] = (count, size)
+        with self._lock:
+            self._cache.put(key, count, len(text) + 64)
         return count
 
     async def count_async(self, body: bytes, client_dialect: str, model: str) -> tuple[int, bool]:
@@ -189,8 +187,14 @@ class TokenCounter:
         Exact means the OpenAI cookbook count for an OpenAI model; everything else is an estimate.
         Raises msgspec errors on bodies that are not requests of that dialect.
         """
-        family = family_of(model)
-        encoding = encoding_for_model(model) if family == "openai" else "o200k_base"
+        try:
+            family, encoding = self._models[model]
+        except KeyError:
+            family = family_of(model)
+            encoding = encoding_for_model(model) if family == "openai" else "o200k_base"
+            if len(self._models) >= MODEL_CACHE:  # clients choose model names: bounded
+                self._models.clear()
+            self._models[model] = family, encoding
         if client_dialect == "anthropic_messages":
             raw = self._anthropic(_anthropic_request.decode(body), encoding, family)
         else:
