@@ -268,7 +268,7 @@ def _ready(gateway: Gateway):
                                 "models": models}
         if gateway.config.resilience.enabled:
             health = gateway.health
-            members = _member_states(health)
+            members = health.public_states()
             blocked = [r.name for r in gateway.router.routes.values()
                        if r.available and not any(serves(c, Dialect.OPENAI_CHAT) and health.available(c.member)
                                                   for c in r.candidates)]
@@ -277,22 +277,24 @@ def _ready(gateway: Gateway):
             elif ok and any(m["state"] != "closed" or m["cooled_for"] or m["ejected_for"] for m in members.values()):
                 status = "degraded"  # still serving: some members are out
             body.update(status=status, deployments=members, unavailable_models=blocked)
+        stores = _shared_stores(gateway)
+        if stores:  # Redis-backed limits and budgets: "redis", or "local" while Redis is unreachable
+            body["shared_state"] = stores
+            if ok and "local" in stores.values() and body["status"] == "ready":
+                body["status"] = "degraded"
         return _json(body, 200 if ok else 503)
 
     return ready
 
 
-def _member_states(health: Health) -> dict[str, dict[str, Any]]:
-    """``health.snapshot()`` keyed ``provider/model#k<key index>``: no base URL (it may carry credentials)."""
-    out: dict[str, dict[str, Any]] = {}
-    for member_id, state in health.snapshot().items():
-        m = health.member(member_id)
-        if m is not None:
-            out[f"{m.provider}/{m.model}#k{m.key_index}"] = state
-        else:  # id = provider|base_url|model|k<index>
-            provider, _, rest = member_id.partition("|")
-            rest, _, key = rest.rpartition("|")
-            out[f"{provider}/{rest.partition('|')[2]}#{key}"] = state
+def _shared_stores(gateway: Gateway) -> dict[str, str]:
+    """Which shared stores (rate limits, budgets) decide through Redis now and which fell back to local
+    decisions (state/failover.py)."""
+    out: dict[str, str] = {}
+    for name, store in (("limits", gateway.state), ("budgets", gateway.meter.budgets)):
+        health = getattr(store, "health", None)
+        if health is not None:
+            out[name] = "local" if health.degraded else "redis"
     return out
 
 

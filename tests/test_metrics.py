@@ -173,37 +173,29 @@ def test_metrics_can_require_the_admin_key(upstream: MockUpstream) -> None:
         assert httpx.get(server.base_url + "/metrics", timeout=10).status_code == 404
 
 
-class FakeHealth:
-    """What the resilience work's health tracker offers: snapshot() and transitions."""
-
-    def __init__(self) -> None:
-        self.transitions = {("closed", "open"): 2, ("open", "half_open"): 1}
-
-    def snapshot(self) -> dict[str, dict[str, Any]]:
-        return {"oai/gpt-4.1-2025-04-14": {"state": "open", "failures": 5},
-                "ant/claude-sonnet-4-5": {"state": "closed"}}
-
-
-def test_breaker_state_and_transitions_read_at_scrape_time(upstream: MockUpstream) -> None:
-    app = create_app(load_config(gateway_config(upstream.base_url), env={}, dotenv=False))
-    app.state.gateway.health = FakeHealth()
-    with ServerThread(app) as server:
-        found = samples(httpx.get(server.base_url + "/metrics", timeout=10).text)
-    assert value(found, "ccm_breaker_state", member="oai/gpt-4.1-2025-04-14", state="open") == 1
-    assert value(found, "ccm_breaker_state", member="oai/gpt-4.1-2025-04-14", state="closed") == 0
-    assert value(found, "ccm_breaker_state", member="ant/claude-sonnet-4-5", state="closed") == 1
-    assert value(found, "ccm_breaker_transitions_total", **{"from": "closed", "to": "open"}) == 2
-    assert value(found, "ccm_breaker_transitions_total", **{"from": "open", "to": "half_open"}) == 1
+def test_breaker_state_transitions_and_retries_after_real_failures(upstream: MockUpstream) -> None:
+    """A deployment answering 503 trips its breaker while the other one serves: /metrics shows the open
+    member (by provider/model#key, never its base URL), the transition and the retries."""
+    raw = gateway_config(upstream.base_url)
+    failing = {"provider": "oai", "model": "gpt-4.1+status=503", "weight": 1000}
+    raw["models"].append({"name": "flaky", "targets": [failing, {"provider": "oai", "model": "gpt-4.1"}]})
+    raw["resilience"] = {"retry": {"max_attempts": 2, "backoff_base": 0.001},
+                         "breaker": {"consecutive_failures": 2, "open_base": 300, "max_ejected_share": 1.0}}
+    with ServerThread(create_app(load_config(raw, env={}, dotenv=False))) as server:
+        client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0)
+        for _ in range(8):  # the failing member has nearly all the weight: it is picked first until it opens
+            client.chat.completions.create(model="flaky", messages=[{"role": "user", "content": "hi"}])
+        text = httpx.get(server.base_url + "/metrics", timeout=10).text
+    found = samples(text)
+    assert value(found, "ccm_breaker_state", member="oai/gpt-4.1+status=503#k0", state="open") == 1
+    assert value(found, "ccm_breaker_state", member="oai/gpt-4.1#k0", state="closed") == 1
+    assert value(found, "ccm_breaker_transitions_total", **{"from": "closed", "to": "open"}) == 1
+    assert total(found, "ccm_retries_total", route="flaky") >= 2
+    assert upstream.base_url.split("//")[1] not in text  # members are named without their base URL
 
 
-class _Ex(Exchange):
-    """An Exchange as the resilience work leaves it: with the fallback route it used."""
-
-    __slots__ = ("fallback",)
-
-
-def _finished(route: str, deployment_label: str, attempts: int = 1, fallback: str | None = None) -> _Ex:
-    ex = _Ex(Dialect.OPENAI_CHAT)
+def _finished(route: str, deployment_label: str, attempts: int = 1, fallback: str | None = None) -> Exchange:
+    ex = Exchange(Dialect.OPENAI_CHAT)
     ex.route, ex.deployment, ex.attempts, ex.fallback = route, deployment_label, attempts, fallback
     ex.upstream_time = 0.01
     return ex

@@ -56,6 +56,10 @@ def two_gateways(redis_server: RedisServer, upstream: MockUpstream) -> Iterator[
         yield a, b
 
 
+def ready(server: ServerThread) -> dict[str, Any]:
+    return httpx.get(server.base_url + "/ready", timeout=10).json()
+
+
 def ask(server: ServerThread, name: str) -> httpx.Response:
     return httpx.post(server.base_url + "/v1/chat/completions", json=CHAT, timeout=10,
                       headers={"authorization": f"Bearer {key_of(name)}"})
@@ -77,6 +81,7 @@ def until_shared(*servers: ServerThread) -> None:
                 break
             threading.Event().wait(0.02)
         assert not degraded(server)
+        assert ready(server)["shared_state"]["limits"] == "redis"
 
 
 # --- the Lua script, directly ---------------------------------------------------------------------
@@ -152,6 +157,7 @@ def test_two_gateways_share_one_limit_and_survive_an_outage(
 ) -> None:
     a, b = two_gateways
     # Shared: 6 per minute for the key, whichever instance is asked.
+    assert ready(a)["shared_state"]["limits"] == "redis"
     first = statuses(a, "shared", 4) + statuses(b, "shared", 4)
     assert first.count(200) == 6 and first.count(429) == 2
     assert statuses(a, "shared", 2) == [429, 429]
@@ -161,6 +167,7 @@ def test_two_gateways_share_one_limit_and_survive_an_outage(
     during_a, during_b = statuses(a, "outage", 5), statuses(b, "outage", 5)
     assert during_a == [200, 200, 200, 429, 429] and during_b == [200, 200, 200, 429, 429]
     assert degraded(a) and degraded(b)
+    assert ready(a)["shared_state"]["limits"] == "local"  # /ready tells operators the limits are local now
     assert a.app.state.gateway.state.metrics["state_fallback_decisions_total"] >= 5
 
     # Redis is back (empty): after the recheck interval both instances share limits again.
@@ -172,6 +179,7 @@ def test_two_gateways_share_one_limit_and_survive_an_outage(
                 break
             threading.Event().wait(0.02)
         assert not degraded(server)
+        assert ready(server)["shared_state"]["limits"] == "redis"
     only_a = statuses(a, "recovered", 8)
     assert only_a.count(200) == 6  # more than one instance's local share: the shared limit again
     assert statuses(b, "recovered", 2) == [429, 429]

@@ -344,7 +344,21 @@ def _ledger_from(config: Config) -> Ledger | None:
         return None
     from .sqlite_ledger import SQLiteLedger
 
-    deadline = max((p.timeout.deadline for p in config.providers.values()), default=600.0)
     return Ledger(SQLiteLedger(config.ledger.path), flush_ms=config.ledger.flush_ms,
                   batch_size=config.ledger.batch_size, durable_reserve=config.ledger.durable_reserve,
-                  stale_after=deadline + 300.0)
+                  stale_after=longest_request(config) + 300.0)
+
+
+STREAM_HORIZON = 6 * 3600.0  # how long an uncapped stream is presumed alive before its reserve is recovered
+
+
+def longest_request(config: Config) -> float:
+    """The longest a request may run: JSON calls end by ``deadline``, streams only by
+    ``stream_deadline`` (a provider without one: STREAM_HORIZON), so another worker never recovers a
+    live stream's reserve."""
+    provider = [p.timeout for p in config.providers.values()]
+    route = [m.timeout for m in config.models if m.timeout is not None]
+    deadlines = [t.deadline for t in provider + route if t.deadline is not None]
+    streams = [t.stream_deadline or STREAM_HORIZON for t in provider]
+    streams += [t.stream_deadline for t in route if t.stream_deadline is not None]
+    return max([600.0, *deadlines, *streams])

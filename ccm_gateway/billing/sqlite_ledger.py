@@ -83,8 +83,9 @@ class SQLiteLedger(LedgerBackend):
         db = self._db()
         open_rows = db.execute("SELECT uid, instance, ts FROM open_reserves").fetchall()
         gone = []
-        for uid, instance, ts in open_rows:  # a live process holds a reserve at most one deadline
-            if ts < stale_before or instance_alive(instance, me) is False:
+        for uid, instance, ts in open_rows:  # a live process holds a reserve at most its longest request
+            alive = instance_alive(instance, me)
+            if alive is False or (ts < stale_before and instance != me):  # our own are still in flight
                 gone.append(uid)
         if not gone:
             return 0

@@ -2,7 +2,7 @@
 
 Read at scrape time, from the process that answers the scrape: budget left per key and team (the
 billing meter's store; Redis when budgets are shared), breaker state and transitions (duck-typed:
-``gateway.health`` with ``snapshot()`` and ``transitions``, from the resilience work), whether a
+``gateway.health``: ``public_states()`` and ``transitions``), whether a
 Redis-backed store is on its local fallback, asyncio task count, and upstream connections per
 provider (aiohttp connector, active vs idle).
 """
@@ -102,10 +102,10 @@ def _fallback(gateway: Any) -> Metric:
 
 def _breakers(gateway: Any) -> list[Metric]:
     health = getattr(gateway, "health", None)
-    if health is None or not hasattr(health, "snapshot"):
+    if health is None or not hasattr(health, "public_states"):
         return []
     state = GaugeMetricFamily("ccm_breaker_state", "1 for the breaker's current state", labels=("member", "state"))
-    for member, info in sorted(health.snapshot().items()):
+    for member, info in sorted(health.public_states().items()):
         current = info.get("state") if isinstance(info, dict) else None
         for name in BREAKER_STATES:
             state.add_metric([str(member), name], 1.0 if current == name else 0.0)

@@ -43,6 +43,12 @@ class Member:
     def credential(self) -> tuple[str, str, int]:
         return (self.provider, self.base_url, self.key_index)
 
+    @property
+    def label(self) -> str:
+        """``provider/model#k<key index>``: the name shown in ``/ready`` and metrics, without the base
+        URL (it may carry credentials or name internal hosts)."""
+        return f"{self.provider}/{self.model}#k{self.key_index}"
+
 
 class Health:
     """Per-process health of every member. Pure bookkeeping on an injected clock: no tasks, no I/O.
@@ -139,21 +145,28 @@ class Health:
         return self._budget
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
-        """Member id → its state, for ``/ready`` and metrics (every member in a group or with a history)."""
+        """Member id → its state (every member in a group or with a history)."""
+        return {m.id: state for m, state in self._states()}
+
+    def public_states(self) -> dict[str, dict[str, Any]]:
+        """``Member.label`` → its state, for ``/ready`` and ``/metrics`` (no base URLs)."""
+        return {m.label: state for m, state in self._states()}
+
+    def _states(self) -> list[tuple[Member, dict[str, Any]]]:
         now = self.clock()
         members = dict.fromkeys([*self._member_groups, *self._breakers, *self._cooled])
         members.update(dict.fromkeys(m for m in self._by_id.values() if m.credential in self._ejected))
-        out: dict[str, dict[str, Any]] = {}
+        out: list[tuple[Member, dict[str, Any]]] = []
         for m in members:
             breaker = self._breakers.get(m)
-            out[m.id] = {
+            out.append((m, {
                 "state": str(breaker.state) if breaker else str(State.CLOSED),
                 "open_for": round(breaker.open_for(), 3) if breaker else 0.0,
                 "trips": breaker.trips if breaker else 0,
                 "cooled_for": round(max(0.0, self._cooled.get(m, now) - now), 3),
                 "ejected_for": round(max(0.0, self._ejected.get(m.credential, now) - now), 3),
                 "failures": breaker.failures if breaker else 0,
-            }
+            }))
         return out
 
     # -- for the Redis sharer -----------------------------------------------------------------
