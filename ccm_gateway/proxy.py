@@ -429,23 +429,31 @@ class Pipe:
         kept_size = 0
         last = previous = b""
         loop = asyncio.get_running_loop()
-        chunk_at = 0.0  # observability: the longest gap between chunks
         t = self.timeouts
         if streaming:
             idle = t.idle
             cap = loop.time() + t.stream_deadline if t.stream_deadline else math.inf
         else:  # a JSON body: the attempt's deadline
             idle, cap = t.idle, deadline
-        source = prepend(first, chunks) if first is not None and chunks is not None else resp.chunks()
+        # One loop turn per chunk, no generator in between: the first chunk (read at the commit point)
+        # is taken before asking the iterator for more.
+        next_chunk = (chunks if chunks is not None else aiter(resp.chunks())).__anext__
+        chunk: bytes | None = first
+        chunk_at = gap = 0.0  # observability: the longest gap between chunks
         try:
             async with asyncio.timeout(min(loop.time() + idle, cap)) as timer:
-                async for chunk in source:
+                while True:
+                    if chunk is None:
+                        try:
+                            chunk = await next_chunk()
+                        except StopAsyncIteration:
+                            break
                     now = loop.time()
                     if ex.first_byte_at is None:
                         ex.first_byte_at = now
-                    elif now - chunk_at > ex.chunk_gap:  # observability: the longest chunk gap
-                        ex.chunk_gap = now - chunk_at
-                    chunk_at = now  # observability
+                    elif now - chunk_at > gap:
+                        gap = now - chunk_at
+                    chunk_at = now
                     if sniffer is not None:
                         sniffer.feed(chunk)
                     else:
@@ -459,11 +467,10 @@ class Pipe:
                     previous, last = last, chunk
                     if stripper is not None:
                         chunk = stripper.feed(chunk)
-                        if not chunk:
-                            timer.reschedule(min(loop.time() + idle, cap))
-                            continue
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                    timer.reschedule(min(loop.time() + idle, cap))
+                    if chunk:
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    chunk = None
+                    timer.reschedule(min(now + idle, cap))
         except TimeoutError:
             await self._fail(UpstreamTimeout(f"upstream {self.upstream.name} stopped sending"), streaming)
             return False
@@ -471,6 +478,7 @@ class Pipe:
             err = UpstreamUnavailable(f"upstream {self.upstream.name} connection failed ({type(exc).__name__})")
             await self._fail(err, streaming)
             return False
+        ex.chunk_gap = max(ex.chunk_gap, gap)
         if streaming:
             tail = (previous + last)[-256:]
             if not any(end in tail for end in _ENDINGS[ex.dialect]):
