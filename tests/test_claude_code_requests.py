@@ -66,3 +66,35 @@ def test_alias_rewrites_only_the_model(gateway: ServerThread, upstream: MockUpst
     sent = next(req for req in reversed(upstream.requests) if req.path == "/v1/messages").json()
     assert sent == {**body, "model": "claude-sonnet-4-5"}
     assert list(sent) == list(body)  # field order kept too
+
+
+def test_claude_code_stream_survives_an_overloaded_deployment(upstream: MockUpstream) -> None:
+    """Seen running `claude -p` through a route whose heavier deployment answers 529: Claude Code's
+    streamed request is retried on the other deployment before anything reaches it — the same bytes
+    but the model name, one complete stream — and once the breaker opens the overloaded deployment
+    is not asked again."""
+    from ccm_gateway import create_app, load_config
+
+    overloaded = "claude-sonnet-4-5+status=529+ttfb_ms=1"  # a model string no other test uses
+    raw_config = {
+        "providers": {"ant": {"kind": "anthropic", "base_url": upstream.base_url,
+                              "api_keys": ["sk-ant-cc-0123456789"]}},
+        "models": [{"name": "cc-main", "targets": [{"provider": "ant", "model": overloaded, "weight": 1000},
+                                                   {"provider": "ant", "model": "claude-sonnet-4-5"}]}],
+        "resilience": {"breaker": {"consecutive_failures": 2, "open_base": 300, "max_ejected_share": 1.0},
+                       "affinity_metadata": False},
+    }
+    body = claude_code_body("cc-main")
+    raw = json.dumps(body).encode()
+    headers = {"content-type": "application/json", "anthropic-version": "2023-06-01", "anthropic-beta": BETAS}
+    with ServerThread(create_app(load_config(raw_config, env={}, dotenv=False))) as gw:
+        answers = [httpx.post(gw.base_url + "/v1/messages?beta=true", content=raw, headers=headers, timeout=10)
+                   for _ in range(3)]
+    assert [r.status_code for r in answers] == [200, 200, 200]
+    for r in answers:
+        assert r.text.count("event: message_start") == 1 and r.text.rstrip().endswith('{"type":"message_stop"}')
+        assert r.headers["x-ccm-deployment"] == "ant/claude-sonnet-4-5"
+    assert [r.headers["x-ccm-attempts"] for r in answers] == ["2", "2", "1"]  # open after two 529s
+    assert upstream.hits(overloaded) == 2
+    sent = [r.json() for r in upstream.requests if r.path == "/v1/messages"]
+    assert sent[-1] == {**body, "model": "claude-sonnet-4-5"}
