@@ -22,30 +22,36 @@ from .middleware.types import ASGIApp, Receive, Scope, Send
 
 _TO_SQUARE = bytes.maketrans(b"{}", b"[]")
 _NOT_STRUCTURAL = bytes(b for b in range(256) if b not in b'"[]{}')
+_NOT_ESCAPE_OR_STRUCTURAL = bytes(b for b in range(256) if b not in b'"[]{}\\/bfnrtu')
+_SMALL = 16 * 1024  # below this, counting brackets in the body itself is the cheapest way out
 
 
 def nesting_exceeds(body: bytes, limit: int) -> bool:
     """True when the JSON ``body`` nests arrays/objects more than ``limit`` deep, judged from the
     bytes alone (brackets inside strings do not count).
 
-    Fast path: fewer opening brackets than ``limit`` cannot nest deeper. Otherwise escaped quotes
-    are dropped (``\\\\`` pairs first, so ``\\\\"`` still ends a string), everything but quotes and
-    brackets is deleted with one ``translate`` (``{}`` become ``[]``: in valid JSON the kind does not
-    matter for depth), string contents are cut out with ``split('"')[::2]``, and each
-    ``replace(b"[]", b"")`` then removes exactly one level. Malformed input stops early (the
-    decoder reports it). Measured with timeit on Claude-Code-like conversations (2-core machine shared
-    with other jobs, so ranges): 10 KB 0.05–0.15 ms, 350 KB 2–5 ms, 880 KB 8–11 ms; depth 10 000
-    refused in ~4 ms; a small chat body (fewer than ``limit`` brackets) ~1 µs. The whole guard on
-    the 350 KB body: 6–8 ms with the request-head parse other stages need anyway.
+    Fast path: a small body with fewer opening brackets than ``limit`` cannot nest deeper. Otherwise,
+    when there are escapes, one ``translate`` keeps only quotes, brackets, backslashes and the bytes
+    an escape may have after its backslash (so escape pairs stay adjacent), and escaped backslashes
+    then escaped quotes are dropped from that fraction of the body; a second ``translate`` leaves
+    quotes and brackets (``{}`` become ``[]``: in valid JSON the kind does not matter for depth),
+    string contents are cut out with ``split('"')[::2]``, and each ``replace(b"[]", b"")`` removes
+    exactly one level. Malformed input stops early (the decoder reports it). Measured with timeit on
+    a 314 KB Claude-Code-like conversation (tool results full of code and escapes): 0.74 ms, against
+    1.6 ms with the replaces run on the whole body and 0.33–0.57 ms for msgspec to decode it; a small
+    chat body ~1 µs.
     """
-    if body.count(b"[") + body.count(b"{") <= limit:
+    if len(body) <= _SMALL and body.count(b"[") + body.count(b"{") <= limit:
         return False
     s = body
-    if b'\\"' in s:
-        if b"\\\\" in s:
-            s = s.replace(b"\\\\", b"")
-        s = s.replace(b'\\"', b"")
+    if b"\\" in s:
+        # Keep what an escape needs (the backslash and every byte that may follow one) so the
+        # escape pairs stay adjacent; the replaces then run on a fraction of the body.
+        s = s.translate(_TO_SQUARE, _NOT_ESCAPE_OR_STRUCTURAL)
+        s = s.replace(b"\\\\", b"").replace(b'\\"', b"")
     s = s.translate(_TO_SQUARE, _NOT_STRUCTURAL)
+    if s.count(b"[") <= limit:  # counted on the structural bytes only (strings' brackets included)
+        return False
     if b'"' in s:
         s = b"".join(s.split(b'"')[::2])
     depth = 0

@@ -17,7 +17,8 @@ from .servers import ServerThread
 
 MODELS = st.sampled_from(["gpt-4.1", "claude-sonnet", "mock", "local-llama", "embed-small", "embed-gemini",
                           "oai/gpt-4o", "ant/claude-x", "gem/gemini-2.5-flash", "no-such-model", ""])
-SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-2**40, 2**40), st.floats(allow_nan=False),
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-2**40, 2**40),
+                    st.floats(allow_nan=False, allow_infinity=False),
                     st.text(max_size=20))
 JSON = st.recursive(SCALARS, lambda inner: st.one_of(
     st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=12), inner, max_size=4)), max_leaves=12)

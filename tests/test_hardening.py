@@ -38,6 +38,9 @@ def test_depth_counts_brackets_outside_strings_only() -> None:
     assert nesting_exceeds(b'["\\\\"' + b"," + b"[" * 10 + b"]" * 10 + b"]", 8)
     assert not nesting_exceeds(b'["\\"' + b"[" * 10 + b'"]', 8)  # an escaped quote does not end it
     assert nesting_exceeds(b"[" * 10_000 + b"]" * 10_000, 64)
+    # Other escapes before a closing quote (\n, \u00bf, \/) end the string too: brackets after it count.
+    for escape in (b"\\n", b"\\u00bf", b"\\/", b"\\t\\\\"):
+        assert nesting_exceeds(b'["a' + escape + b'",' + b"[" * 10 + b"]" * 10 + b"]", 8), escape
 
 
 def test_forbidden_keys_found_as_keys_only_and_outside_tool_data() -> None:
