@@ -87,7 +87,6 @@ def check_config(path: Path) -> int:
 
 def serve_forever(args: argparse.Namespace) -> int:
     from hypercorn.config import Config as HypercornConfig
-    from hypercorn.run import run
 
     path = args.config or DEFAULT_CONFIG_PATH
     try:
@@ -127,7 +126,9 @@ def serve_forever(args: argparse.Namespace) -> int:
     print(f"ccm-gateway listening on http://{host}:{port} ({workers} worker(s), config {path}{admin})", flush=True)
     if hc.workers == 0:
         return serve_here(hc, config.server.graceful_timeout)
-    return run(hc) or 0
+    from .workers import serve_workers  # each worker drains on SIGTERM, as one process does
+
+    return serve_workers(hc, workers, config.server.graceful_timeout)
 
 
 def configure_logging(level: str, fmt: str = "auto") -> None:
@@ -154,8 +155,8 @@ def _bind(host: str, port: int) -> str:
 
 def serve_here(hc: Any, grace: float) -> int:
     """One process: hypercorn on our own loop, so SIGTERM/SIGINT can start the drain
-    (``shutdown.Drain``) before hypercorn stops accepting and waits ``grace`` seconds. With worker
-    processes hypercorn's parent owns the signals, and requests still open at its deadline are cut."""
+    (``shutdown.Drain``) before hypercorn stops accepting and waits ``grace`` seconds. Several
+    workers: ``workers.serve_workers``."""
     import asyncio
     import signal
 

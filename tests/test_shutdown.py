@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from ccm_gateway import create_app, load_config
 from ccm_gateway.mock import MockUpstream
@@ -20,11 +21,14 @@ from .conftest import gateway_config
 from .servers import ServerThread, start_gateway_process
 
 
-def test_sigterm_ends_overlong_requests_properly_and_flushes_the_ledger(upstream: MockUpstream, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])  # 2: each worker process drains (workers.serve_workers)
+def test_sigterm_ends_overlong_requests_properly_and_flushes_the_ledger(
+    upstream: MockUpstream, tmp_path: Path, workers: int
+) -> None:
     db = tmp_path / "ledger.sqlite3"
     config = tmp_path / "gateway.toml"
     config.write_text(
-        "[server]\ngraceful_timeout = 2.0\n"
+        f"[server]\ngraceful_timeout = 2.0\nworkers = {workers}\n"
         f'[providers.up]\nkind = "openai"\nbase_url = "{upstream.base_url}/v1"\napi_keys = ["sk-test-drain-0000"]\n'
         f'[providers.ant]\nkind = "anthropic"\nbase_url = "{upstream.base_url}"\napi_keys = ["sk-test-drain-1111"]\n'
         f'[ledger]\npath = "{db}"\nflush_ms = 5000\n')  # finals wait in memory: only the shutdown flush writes them
