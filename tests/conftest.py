@@ -61,6 +61,16 @@ def upstream() -> Iterator[MockUpstream]:
     mock.stop_thread()
 
 
+@pytest.fixture(scope="module")
+def mock() -> Iterator[MockUpstream]:
+    """A mock upstream of the module's own (its request counters and streams start empty)."""
+    server = MockUpstream().start_in_thread()
+    try:
+        yield server
+    finally:
+        server.stop_thread()
+
+
 def gateway_config(upstream_url: str, **server: Any) -> dict[str, Any]:
     return {
         "server": server,

@@ -16,14 +16,7 @@ from ccm_gateway.resilience.health import Health
 from ccm_gateway.resilience.outcome import Outcome
 from ccm_gateway.routing import Router
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
+from .fake_clock import FakeClock
 
 CONFIG = {
     "providers": {"a": {"kind": "openai", "api_keys": ["sk-aaaaaaaaaaaa"]},
@@ -35,10 +28,10 @@ CONFIG = {
 }
 
 
-def stage(endpoint: Any) -> tuple[Any, Health, Router, Clock]:
+def stage(endpoint: Any) -> tuple[Any, Health, Router, FakeClock]:
     config = load_config(CONFIG, env={}, dotenv=False)
     router = Router(config, {name: Upstream(name, p) for name, p in config.providers.items()})
-    clock = Clock()
+    clock = FakeClock()
     health = Health(config.resilience, clock=clock, rng=lambda: 0.5, wall=clock)
     for route in router.routes.values():
         health.register_group(route.name, route.members)

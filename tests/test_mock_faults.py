@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -23,13 +23,6 @@ USER = [{"role": "user", "content": "hi"}]
 TIMEOUT = aiohttp.ClientTimeout(total=20)
 
 
-@pytest.fixture(scope="module")
-def mock() -> Iterator[MockUpstream]:
-    server = MockUpstream().start_in_thread()
-    try:
-        yield server
-    finally:
-        server.stop_thread()
 
 
 def run(scenario: Callable[[aiohttp.ClientSession], Awaitable[None]]) -> None:

@@ -7,7 +7,6 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 
 import aiohttp
 import anthropic
@@ -37,13 +36,6 @@ PROMPT = "What is the weather in Paris?"
 EXPECTED = "Hello from the ccm_gateway mock. You said: " + PROMPT
 
 
-@pytest.fixture(scope="module")
-def mock() -> Iterator[MockUpstream]:
-    server = MockUpstream().start_in_thread()
-    try:
-        yield server
-    finally:
-        server.stop_thread()
 
 
 @pytest.fixture

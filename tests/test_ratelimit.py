@@ -17,13 +17,7 @@ from ccm_gateway.middleware.auth import Principal
 from ccm_gateway.middleware.ratelimit import RateLimitMiddleware, client_ip, duration, reservation
 from ccm_gateway.state import FailoverBackend, MemoryBackend, Rate, Slots, StateBackend
 
-
-class Clock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from .fake_clock import FakeClock
 
 
 def run(coro: Any) -> Any:
@@ -42,7 +36,7 @@ def admit(backend: MemoryBackend, *rates: Rate, slots: tuple[Slots, ...] = (), t
 
 
 def test_burst_then_one_per_interval() -> None:
-    clock = Clock()
+    clock = FakeClock()
     mem = MemoryBackend(clock)
     assert all(admit(mem, rpm(60)) for _ in range(60))  # a whole minute's worth at once
     denied = mem.admit_now([rpm(60)], [], 30)
@@ -56,7 +50,7 @@ def test_burst_then_one_per_interval() -> None:
 
 def test_no_double_burst_across_a_window_boundary() -> None:
     """A fixed window would allow 60 at 0:59.9 and 60 more at 1:00.1; GCRA allows only what refilled."""
-    clock = Clock(59.9)
+    clock = FakeClock(59.9)
     mem = MemoryBackend(clock)
     assert sum(admit(mem, rpm(60)) for _ in range(100)) == 60
     clock.now = 60.1
@@ -66,12 +60,12 @@ def test_no_double_burst_across_a_window_boundary() -> None:
 
 
 def test_smaller_burst_smooths() -> None:
-    mem = MemoryBackend(Clock())
+    mem = MemoryBackend(FakeClock())
     assert sum(admit(mem, rpm(600, burst=0.1)) for _ in range(200)) == 60
 
 
 def test_remaining_and_reset_reported() -> None:
-    mem = MemoryBackend(Clock())
+    mem = MemoryBackend(FakeClock())
     first = mem.admit_now([rpm(60)], [], 30)
     assert first.meters == ((59.0, 1.0),)
     assert duration(0.25) == "250ms" and duration(1.5) == "1.5s" and duration(360) == "6m0s"
@@ -79,7 +73,7 @@ def test_remaining_and_reset_reported() -> None:
 
 def test_all_or_nothing() -> None:
     """When the tokens meter refuses, the requests meter is not charged either."""
-    mem = MemoryBackend(Clock())
+    mem = MemoryBackend(FakeClock())
     tokens = Rate("k:tpm", 1000 / 60, 1000, 800)
     assert admit(mem, rpm(2), tokens)
     assert not admit(mem, rpm(2), tokens)
@@ -88,7 +82,7 @@ def test_all_or_nothing() -> None:
 
 
 def test_cost_above_burst_admitted_only_into_a_full_bucket() -> None:
-    clock = Clock()
+    clock = FakeClock()
     mem = MemoryBackend(clock)
     big = Rate("k:tpm", 1000 / 60, 1000, 3000)
     assert admit(mem, Rate("k:tpm", 1000 / 60, 1000, 1))
@@ -109,7 +103,7 @@ def tpm(cost: float) -> Rate:
 
 
 def test_settlement_refunds_unused_reservation() -> None:
-    mem = MemoryBackend(Clock())
+    mem = MemoryBackend(FakeClock())
     assert admit(mem, tpm(600))
     assert not admit(mem, tpm(600))
     mem.finish_now([tpm(100 - 600)], [])  # really used 100
@@ -118,7 +112,7 @@ def test_settlement_refunds_unused_reservation() -> None:
 
 
 def test_settlement_turns_overuse_into_debt() -> None:
-    clock = Clock()
+    clock = FakeClock()
     mem = MemoryBackend(clock)
     assert admit(mem, tpm(100))
     mem.finish_now([tpm(1000)], [])  # used 1100 of a 1000 bucket
@@ -130,7 +124,7 @@ def test_settlement_turns_overuse_into_debt() -> None:
 
 
 def test_refund_never_overfills() -> None:
-    mem = MemoryBackend(Clock())
+    mem = MemoryBackend(FakeClock())
     assert admit(mem, tpm(10))
     mem.finish_now([tpm(-5000)], [])
     assert sum(admit(mem, tpm(100)) for _ in range(20)) == 10
@@ -140,7 +134,7 @@ def test_refund_never_overfills() -> None:
 
 
 def test_concurrency_slots() -> None:
-    mem = MemoryBackend(Clock())
+    mem = MemoryBackend(FakeClock())
     a, b, c = (Slots("k:conc", 2, h) for h in "abc")
     assert admit(mem, slots=(a,)) and admit(mem, slots=(b,))
     assert not admit(mem, slots=(c,))
@@ -150,7 +144,7 @@ def test_concurrency_slots() -> None:
 
 def test_abandoned_slot_expires_with_the_deadline() -> None:
     """A worker that crashed never releases its slot; the slot's deadline frees it."""
-    clock = Clock()
+    clock = FakeClock()
     mem = MemoryBackend(clock)
     assert admit(mem, slots=(Slots("k:conc", 1, "crashed"),), ttl=600)
     clock.now += 599.9
@@ -162,7 +156,7 @@ def test_abandoned_slot_expires_with_the_deadline() -> None:
 
 
 def test_abandoned_token_reservation_does_not_hold_quota_past_the_deadline() -> None:
-    clock = Clock()
+    clock = FakeClock()
     mem = MemoryBackend(clock)
     assert admit(mem, tpm(1000))  # reserved, never settled
     assert not admit(mem, tpm(500))
@@ -171,7 +165,7 @@ def test_abandoned_token_reservation_does_not_hold_quota_past_the_deadline() -> 
 
 
 def test_memory_table_stays_bounded() -> None:
-    clock = Clock()
+    clock = FakeClock()
     mem = MemoryBackend(clock, max_keys=100)
     for i in range(1000):
         admit(mem, rpm(60, key=f"ip:{i}"))
@@ -203,7 +197,7 @@ class Broken(StateBackend):
 
 
 def test_fallback_enforces_a_share_and_recovers() -> None:
-    clock = Clock()
+    clock = FakeClock()
     primary = Broken()
     fb = FailoverBackend(primary, instances=4, timeout=0.05, recheck=1.0, clock=clock)
 
@@ -225,7 +219,7 @@ def test_fallback_enforces_a_share_and_recovers() -> None:
 def test_slow_primary_times_out_into_the_fallback() -> None:
     primary = Broken()
     primary.hang = True
-    fb = FailoverBackend(primary, instances=1, timeout=0.01, recheck=60, clock=Clock())
+    fb = FailoverBackend(primary, instances=1, timeout=0.01, recheck=60, clock=FakeClock())
     adm = run(fb.admit([rpm(10)], [], 30))
     assert adm.allowed and adm.source == "fallback"
     assert fb.metrics["state_backend_errors_total"] == 1
@@ -279,7 +273,7 @@ def call(stage: RateLimitMiddleware, scope: dict) -> list[dict]:
 
 
 def test_stage_headers_replace_upstream_ones_and_tokens_settle() -> None:
-    clock = Clock()
+    clock = FakeClock()
     mem = MemoryBackend(clock)
     stage = RateLimitMiddleware(upstream_app(used=50), LimitsConfig(), mem)
     who = principal(rpm=10, tpm=10_000)
@@ -296,7 +290,7 @@ def test_stage_headers_replace_upstream_ones_and_tokens_settle() -> None:
 
 
 def test_stage_rejects_with_429_headers() -> None:
-    stage = RateLimitMiddleware(upstream_app(), LimitsConfig(), MemoryBackend(Clock()))
+    stage = RateLimitMiddleware(upstream_app(), LimitsConfig(), MemoryBackend(FakeClock()))
     who = principal(rpm=1)
     call(stage, scope_for(exchange(who=who)))
     with pytest.raises(RateLimited) as caught:
@@ -308,7 +302,7 @@ def test_stage_rejects_with_429_headers() -> None:
 
 def test_disconnect_settles_and_frees_the_slot() -> None:
     """A client that hangs up mid-stream: the usage seen so far is settled and the slot is freed."""
-    mem = MemoryBackend(Clock())
+    mem = MemoryBackend(FakeClock())
     who = principal(tpm=100_000, concurrency=1)
     stage = RateLimitMiddleware(upstream_app(used=40, fail=asyncio.CancelledError()), LimitsConfig(), mem)
     with pytest.raises(asyncio.CancelledError):
@@ -319,7 +313,7 @@ def test_disconnect_settles_and_frees_the_slot() -> None:
 
 
 def test_never_sent_upstream_refunds_everything() -> None:
-    mem = MemoryBackend(Clock())
+    mem = MemoryBackend(FakeClock())
 
     async def not_found(scope: Any, receive: Any, send: Any) -> None:
         raise LookupError("unknown model")
@@ -331,7 +325,7 @@ def test_never_sent_upstream_refunds_everything() -> None:
 
 
 def test_ip_limits_and_forwarded_for() -> None:
-    mem = MemoryBackend(Clock())
+    mem = MemoryBackend(FakeClock())
     limits = LimitsConfig(ip_rpm=1, trusted_proxies=["10.0.0.0/8"])
     stage = RateLimitMiddleware(upstream_app(), limits, mem)
     xff = [(b"x-forwarded-for", b"203.0.113.9, 10.2.2.2")]

@@ -6,23 +6,14 @@ import pytest
 
 from ccm_gateway.resilience import Breaker, BreakerPolicy, State
 
-
-class Clock:
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
+from .fake_clock import FakeClock
 
 
 def middle() -> float:
     return 0.5  # no jitter: the open time is exactly the nominal one
 
 
-def make(clock: Clock, rng=middle, **policy: float) -> tuple[Breaker, list[tuple[str, str]]]:
+def make(clock: FakeClock, rng=middle, **policy: float) -> tuple[Breaker, list[tuple[str, str]]]:
     seen: list[tuple[str, str]] = []
     breaker = Breaker(BreakerPolicy(**policy), "m", clock=clock, rng=rng,
                       on_transition=lambda member, old, new: seen.append((str(old), str(new))))
@@ -30,7 +21,7 @@ def make(clock: Clock, rng=middle, **policy: float) -> tuple[Breaker, list[tuple
 
 
 def test_consecutive_failures_trip_and_a_success_resets_the_run() -> None:
-    clock = Clock()
+    clock = FakeClock()
     b, seen = make(clock, consecutive_failures=3)
     b.failure()
     b.failure()
@@ -44,7 +35,7 @@ def test_consecutive_failures_trip_and_a_success_resets_the_run() -> None:
 
 
 def test_failure_rate_needs_min_calls_in_the_window() -> None:
-    clock = Clock()
+    clock = FakeClock()
     b, _ = make(clock, consecutive_failures=100, failure_rate=0.5, window=10, min_calls=6)
     for _ in range(2):  # 2 failures, 2 successes: 50 % but only 4 calls
         b.failure()
@@ -57,7 +48,7 @@ def test_failure_rate_needs_min_calls_in_the_window() -> None:
 
 
 def test_failures_leave_the_rate_window() -> None:
-    clock = Clock()
+    clock = FakeClock()
     b, _ = make(clock, consecutive_failures=100, failure_rate=0.5, window=10, min_calls=4)
     b.failure()
     b.failure()
@@ -74,18 +65,18 @@ def test_failures_leave_the_rate_window() -> None:
 
 
 def test_window_counts_stay_exact_across_long_gaps() -> None:
-    clock = Clock()
+    clock = FakeClock()
     b, _ = make(clock, consecutive_failures=100, failure_rate=0.9, window=5, min_calls=100)
     for step in range(40):  # one failure every 0.7 s: at most 8 of them in a 5-second window
         b.failure()
-        assert b.failures == sum(1 for i in range(step + 1) if int(1000 + 0.7 * i) > int(clock.t) - 5)
+        assert b.failures == sum(1 for i in range(step + 1) if int(1000 + 0.7 * i) > int(clock.now) - 5)
         clock.advance(0.7)
     clock.advance(1000)
     assert b.failures == 0
 
 
 def test_open_time_grows_per_trip_and_is_capped() -> None:
-    clock = Clock()
+    clock = FakeClock()
     b, _ = make(clock, consecutive_failures=1, open_base=5, open_multiplier=2, open_max=30)
     b.failure()
     for nominal in (5, 10, 20, 30, 30):
@@ -101,21 +92,21 @@ def test_open_time_grows_per_trip_and_is_capped() -> None:
 
 @pytest.mark.parametrize(("draw", "low", "high"), [(0.0, 8.0, 8.0), (0.999999, 11.99, 12.0), (0.25, 9.0, 9.0)])
 def test_jitter_stays_within_its_share(draw: float, low: float, high: float) -> None:
-    clock = Clock()
+    clock = FakeClock()
     b, _ = make(clock, rng=lambda: draw, consecutive_failures=1, open_base=10, jitter=0.2)
     b.failure()
     assert low <= b.open_for() <= high
 
 
 def test_jitter_never_exceeds_open_max() -> None:
-    clock = Clock()
+    clock = FakeClock()
     b, _ = make(clock, rng=lambda: 0.999999, consecutive_failures=1, open_base=30, open_max=30, jitter=0.5)
     b.failure()
     assert b.open_for() == pytest.approx(30)
 
 
 def test_retry_after_is_a_floor_for_the_open_time() -> None:
-    clock = Clock()
+    clock = FakeClock()
     b, _ = make(clock, consecutive_failures=1, open_base=5)
     b.failure(retry_after=42)
     assert b.open_for() == pytest.approx(42)
@@ -126,7 +117,7 @@ def test_retry_after_is_a_floor_for_the_open_time() -> None:
 
 
 def test_half_open_admits_one_probe_at_a_time_and_closes_after_successes() -> None:
-    clock = Clock()
+    clock = FakeClock()
     b, seen = make(clock, consecutive_failures=1, half_open_successes=2)
     b.failure()
     clock.advance(5)
@@ -141,7 +132,7 @@ def test_half_open_admits_one_probe_at_a_time_and_closes_after_successes() -> No
 
 
 def test_a_failed_probe_reopens() -> None:
-    clock = Clock()
+    clock = FakeClock()
     b, seen = make(clock, consecutive_failures=1, half_open_successes=2)
     b.failure()
     clock.advance(5)
@@ -154,7 +145,7 @@ def test_a_failed_probe_reopens() -> None:
 
 
 def test_a_cancelled_probe_only_frees_the_slot() -> None:
-    clock = Clock()
+    clock = FakeClock()
     b, seen = make(clock, consecutive_failures=1)
     b.failure()
     clock.advance(5)
@@ -165,7 +156,7 @@ def test_a_cancelled_probe_only_frees_the_slot() -> None:
 
 
 def test_late_answers_while_open_change_nothing() -> None:
-    clock = Clock()
+    clock = FakeClock()
     b, seen = make(clock, consecutive_failures=1)
     b.failure()
     until = b.open_until
@@ -176,7 +167,7 @@ def test_late_answers_while_open_change_nothing() -> None:
 
 
 def test_half_open_ignores_answers_while_no_probe_is_out() -> None:
-    clock = Clock()
+    clock = FakeClock()
     b, _ = make(clock, consecutive_failures=1, half_open_successes=1)
     b.failure()
     clock.advance(5)
@@ -189,7 +180,7 @@ def test_half_open_ignores_answers_while_no_probe_is_out() -> None:
 
 
 def test_trip_count_decays_after_staying_closed_for_open_max() -> None:
-    clock = Clock()
+    clock = FakeClock()
     b, _ = make(clock, consecutive_failures=1, half_open_successes=1, open_base=5, open_max=60)
 
     def trip_and_recover() -> float:
@@ -209,7 +200,7 @@ def test_trip_count_decays_after_staying_closed_for_open_max() -> None:
 
 
 def test_a_refused_trip_keeps_the_breaker_closed_with_fresh_counters() -> None:
-    clock = Clock()
+    clock = FakeClock()
     allow = [False]
     b = Breaker(BreakerPolicy(consecutive_failures=2), "m", clock=clock, rng=middle, may_trip=lambda m: allow[0])
     b.failure()
@@ -223,14 +214,14 @@ def test_a_refused_trip_keeps_the_breaker_closed_with_fresh_counters() -> None:
 
 
 def test_force_open_extends_but_never_shortens() -> None:
-    clock = Clock()
+    clock = FakeClock()
     b, seen = make(clock, consecutive_failures=1, open_base=10)
-    assert not b.force_open(clock.t - 1)  # already over: nothing to do
-    assert b.force_open(clock.t + 20)
+    assert not b.force_open(clock.now - 1)  # already over: nothing to do
+    assert b.force_open(clock.now + 20)
     assert b.state is State.OPEN and b.open_for() == pytest.approx(20)
-    assert not b.force_open(clock.t + 5)
+    assert not b.force_open(clock.now + 5)
     assert b.open_for() == pytest.approx(20)
-    assert b.force_open(clock.t + 30)
+    assert b.force_open(clock.now + 30)
     assert b.open_for() == pytest.approx(30)
     assert seen == [("closed", "open")]
 

@@ -8,17 +8,11 @@ import pytest
 
 from ccm_gateway.resilience import RetryBudget, backoff
 
-
-class Clock:
-    def __init__(self, t: float = 500.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
+from .fake_clock import FakeClock
 
 
 def test_budget_allows_a_share_of_requests_plus_a_floor() -> None:
-    clock = Clock()
+    clock = FakeClock(500.0)
     budget = RetryBudget(ratio=0.2, window=10, min_per_second=0.5, clock=clock)
     assert sum(budget.withdraw() for _ in range(20)) == 5  # quiet gateway: the floor only (0.5/s × 10 s)
     for _ in range(50):
@@ -28,18 +22,18 @@ def test_budget_allows_a_share_of_requests_plus_a_floor() -> None:
 
 
 def test_budget_refills_as_the_window_slides() -> None:
-    clock = Clock()
+    clock = FakeClock(500.0)
     budget = RetryBudget(ratio=0.5, window=10, min_per_second=0, clock=clock)
     for _ in range(10):
         budget.deposit()
     assert sum(budget.withdraw() for _ in range(10)) == 5
-    clock.t += 5
+    clock.now += 5
     for _ in range(10):
         budget.deposit()
     assert sum(budget.withdraw() for _ in range(10)) == 5  # 20 requests, 10 retries in the window
-    clock.t += 5  # the first second's 10 requests and 5 retries left the window
+    clock.now += 5  # the first second's 10 requests and 5 retries left the window
     assert budget.available == 0  # 10 requests → 5 allowed, 5 already used
-    clock.t += 5
+    clock.now += 5
     assert budget.available == 0  # nothing left in the window: no requests, no retries
     budget.deposit()
     budget.deposit()
@@ -47,7 +41,7 @@ def test_budget_refills_as_the_window_slides() -> None:
 
 
 def test_budget_without_floor_or_ratio_never_retries() -> None:
-    budget = RetryBudget(ratio=0, window=10, min_per_second=0, clock=Clock())
+    budget = RetryBudget(ratio=0, window=10, min_per_second=0, clock=FakeClock(500.0))
     budget.deposit()
     assert not budget.withdraw()
 

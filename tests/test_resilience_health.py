@@ -17,25 +17,16 @@ from ccm_gateway.resilience import (
     RetryBudget,
 )
 
-
-class Clock:
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
+from .fake_clock import FakeClock
 
 
-def health(clock: Clock, *, trip_after: int = 1, share: float = 0.5, **cooldown: float) -> Health:
+def health(clock: FakeClock, *, trip_after: int = 1, share: float = 0.5, **cooldown: float) -> Health:
     config = ResilienceConfig(
         breaker=BreakerPolicy(consecutive_failures=trip_after, open_base=10, jitter=0.2, max_ejected_share=share,
                               half_open_successes=1),
         cooldown=CooldownPolicy(**cooldown),
     )
-    return Health(config, clock=clock, rng=lambda: 0.5, wall=lambda: 1_700_000_000.0 + clock.t)
+    return Health(config, clock=clock, rng=lambda: 0.5, wall=lambda: 1_700_000_000.0 + clock.now)
 
 
 A0 = Member("openai", "https://api.openai.com/v1", "gpt-4o", 0)
@@ -52,7 +43,7 @@ def test_member_identity_names_the_key_by_index_only() -> None:
 
 
 def test_failures_open_the_member_and_a_probe_closes_it() -> None:
-    clock = Clock()
+    clock = FakeClock()
     h = health(clock, trip_after=2)
     assert h.acquire(A0)
     h.record(A0, Outcome.FAILURE)
@@ -70,7 +61,7 @@ def test_failures_open_the_member_and_a_probe_closes_it() -> None:
 
 
 def test_successes_before_the_first_failure_count_in_the_rate() -> None:
-    clock = Clock()
+    clock = FakeClock()
     config = ResilienceConfig(breaker=BreakerPolicy(consecutive_failures=100, failure_rate=0.5, min_calls=10))
     h = Health(config, clock=clock)
     for _ in range(20):
@@ -87,7 +78,7 @@ def test_successes_before_the_first_failure_count_in_the_rate() -> None:
 
 
 def test_client_errors_and_cancellations_do_not_count_but_free_the_probe() -> None:
-    clock = Clock()
+    clock = FakeClock()
     h = health(clock, trip_after=2)
     for outcome in (Outcome.CLIENT_ERROR, Outcome.CANCELLED, Outcome.CLIENT_ERROR):
         h.record(A0, Outcome.FAILURE)
@@ -102,7 +93,7 @@ def test_client_errors_and_cancellations_do_not_count_but_free_the_probe() -> No
 
 
 def test_429_cools_the_member_without_counting_as_a_failure() -> None:
-    clock = Clock()
+    clock = FakeClock()
     h = health(clock, trip_after=1, default=5, min=1, max=60)
     h.record(A0, Outcome.RATE_LIMITED, retry_after=3)
     assert not h.available(A0) and not h.acquire(A0)
@@ -117,14 +108,14 @@ def test_429_cools_the_member_without_counting_as_a_failure() -> None:
 
 @pytest.mark.parametrize(("asked", "cooled"), [(None, 5.0), (0.2, 1.0), (3.0, 3.0), (3600.0, 60.0), (-5.0, 1.0)])
 def test_cooldown_is_clamped(asked: float | None, cooled: float) -> None:
-    clock = Clock()
+    clock = FakeClock()
     h = health(clock, default=5, min=1, max=60)
     h.record(A0, Outcome.RATE_LIMITED, retry_after=asked)
     assert h.reopen_in([A0]) == pytest.approx(cooled)
 
 
 def test_a_shorter_429_does_not_shorten_a_cooldown() -> None:
-    clock = Clock()
+    clock = FakeClock()
     h = health(clock)
     h.record(A0, Outcome.RATE_LIMITED, retry_after=30)
     h.record(A0, Outcome.RATE_LIMITED, retry_after=2)
@@ -132,7 +123,7 @@ def test_a_shorter_429_does_not_shorten_a_cooldown() -> None:
 
 
 def test_dead_key_ejects_the_credential_for_every_model(caplog: pytest.LogCaptureFixture) -> None:
-    clock = Clock()
+    clock = FakeClock()
     h = health(clock, eject=300)
     secret = "sk-live-abcdef"  # the registry never sees keys; make sure nothing like one is logged
     with caplog.at_level(logging.WARNING, logger="ccm_gateway.resilience"):
@@ -150,7 +141,7 @@ def test_dead_key_ejects_the_credential_for_every_model(caplog: pytest.LogCaptur
 
 
 def test_ejection_cap_keeps_half_of_a_group_closed(caplog: pytest.LogCaptureFixture) -> None:
-    clock = Clock()
+    clock = FakeClock()
     h = health(clock, share=0.5)
     h.register_group("gpt", [A0, A1])
     h.record(A0, Outcome.FAILURE)
@@ -167,7 +158,7 @@ def test_ejection_cap_keeps_half_of_a_group_closed(caplog: pytest.LogCaptureFixt
 
 
 def test_ejection_cap_lets_a_one_member_group_open_and_counts_half_open() -> None:
-    clock = Clock()
+    clock = FakeClock()
     h = health(clock, share=0.5)
     h.register_group("solo", [C0])
     h.record(C0, Outcome.FAILURE)
@@ -184,7 +175,7 @@ def test_ejection_cap_lets_a_one_member_group_open_and_counts_half_open() -> Non
 
 
 def test_ejection_cap_applies_per_group_and_ungrouped_members_are_uncapped() -> None:
-    clock = Clock()
+    clock = FakeClock()
     h = health(clock, share=0.5)
     h.register_group("big", [A0, A1, B0, C0])  # cap 2
     h.register_group("pair", [A0, A1])  # cap 1: the stricter group decides for A0 and A1
@@ -199,7 +190,7 @@ def test_ejection_cap_applies_per_group_and_ungrouped_members_are_uncapped() -> 
 
 
 def test_reopen_in_is_the_soonest_member() -> None:
-    clock = Clock()
+    clock = FakeClock()
     h = health(clock)
     assert h.reopen_in([A0, A1]) is None
     h.record(A0, Outcome.FAILURE)  # open 10 s
@@ -213,7 +204,7 @@ def test_reopen_in_is_the_soonest_member() -> None:
 
 
 def test_snapshot_lists_grouped_and_touched_members() -> None:
-    clock = Clock()
+    clock = FakeClock()
     h = health(clock, trip_after=2)
     h.register_group("gpt", [A0, A1])
     h.record(A0, Outcome.FAILURE)
@@ -227,7 +218,7 @@ def test_snapshot_lists_grouped_and_touched_members() -> None:
 
 
 def test_retry_budget_comes_from_the_retry_policy() -> None:
-    clock = Clock()
+    clock = FakeClock()
     h = health(clock)
     budget = h.retry_budget()
     assert isinstance(budget, RetryBudget) and budget is h.retry_budget()
@@ -238,7 +229,7 @@ def test_retry_budget_comes_from_the_retry_policy() -> None:
 
 
 def test_listeners_see_transitions_and_remote_opens_obey_the_cap() -> None:
-    clock = Clock()
+    clock = FakeClock()
     h = health(clock)
     h.register_group("gpt", [A0, A1])
     seen: list[tuple[str, str, str]] = []
@@ -253,7 +244,7 @@ def test_listeners_see_transitions_and_remote_opens_obey_the_cap() -> None:
 
 
 def test_idle_ungrouped_members_are_forgotten_past_max_tracked() -> None:
-    clock = Clock()
+    clock = FakeClock()
     h = health(clock, trip_after=3)
     h.max_tracked = 10
     h.register_group("gpt", [A0, A1])

@@ -15,6 +15,7 @@ from redis.backoff import NoBackoff
 from ccm_gateway.resilience import BreakerPolicy, Health, Member, Outcome, ResilienceConfig
 from ccm_gateway.resilience.shared import HealthSharer
 
+from .fake_clock import FakeClock
 from .redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(30)
@@ -30,32 +31,26 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def client(url: str) -> Redis:
     return Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
 
 
-def instance(clock: Clock, offset: float = 0.0, open_base: float = 10.0) -> Health:
+def instance(clock: FakeClock, offset: float = 0.0, open_base: float = 10.0) -> Health:
     """A gateway instance's registry; ``offset`` skews its monotonic clock against the shared wall clock."""
     config = ResilienceConfig(breaker=BreakerPolicy(consecutive_failures=1, open_base=open_base, jitter=0.0))
     def mono() -> float:
-        return clock.t + offset
+        return clock.now + offset
 
-    h = Health(config, clock=mono, wall=lambda: EPOCH + clock.t)
+    h = Health(config, clock=mono, wall=lambda: EPOCH + clock.now)
     h.register_group("gpt", [M, OTHER, Member("openai", "https://api.openai.com/v1", "gpt-4o", 2)])
     return h
 
 
 def test_a_trip_on_one_instance_opens_the_member_on_another(redis_server: RedisServer) -> None:
     async def scenario() -> None:
-        clock = Clock()
+        clock = FakeClock(100.0)
         one, two = instance(clock), instance(clock, offset=5000.0)
         r1, r2 = client(redis_server.url), client(redis_server.url)
         s1 = HealthSharer(one, r1, prefix="t1:")
@@ -69,7 +64,7 @@ def test_a_trip_on_one_instance_opens_the_member_on_another(redis_server: RedisS
             assert two.snapshot()[M.id]["open_for"] == pytest.approx(10)
             await s1.sync()  # its own entry does not re-open or extend anything
             assert one.transitions == {("closed", "open"): 1}
-            clock.t += 10
+            clock.now += 10
             assert one.available(M) and two.available(M)  # both half-open on their own clocks
             await s2.sync()
             assert two.available(M)  # an expired remote entry is ignored
@@ -82,7 +77,7 @@ def test_a_trip_on_one_instance_opens_the_member_on_another(redis_server: RedisS
 
 def test_a_remote_open_never_shortens_a_local_one(redis_server: RedisServer) -> None:
     async def scenario() -> None:
-        clock = Clock()
+        clock = FakeClock(100.0)
         one, two = instance(clock, open_base=5), instance(clock, open_base=60)
         r1, r2 = client(redis_server.url), client(redis_server.url)
         s1, s2 = HealthSharer(one, r1, prefix="t2:"), HealthSharer(two, r2, prefix="t2:")
@@ -103,7 +98,7 @@ def test_a_remote_open_never_shortens_a_local_one(redis_server: RedisServer) -> 
 
 def test_garbage_and_unknown_members_in_the_hash_are_ignored(redis_server: RedisServer) -> None:
     async def scenario() -> None:
-        clock = Clock()
+        clock = FakeClock(100.0)
         h = instance(clock)
         r = client(redis_server.url)
         sharer = HealthSharer(h, r, prefix="t3:")
@@ -119,7 +114,7 @@ def test_garbage_and_unknown_members_in_the_hash_are_ignored(redis_server: Redis
 
 def test_redis_outage_is_logged_once_and_trips_are_written_after_it(caplog: pytest.LogCaptureFixture) -> None:
     async def scenario(server: RedisServer) -> None:
-        clock = Clock()
+        clock = FakeClock(100.0)
         one, two = instance(clock), instance(clock)
         r1, r2 = client(server.url), client(server.url)
         s1, s2 = HealthSharer(one, r1, prefix="t4:"), HealthSharer(two, r2, prefix="t4:")
@@ -150,7 +145,7 @@ def test_redis_outage_is_logged_once_and_trips_are_written_after_it(caplog: pyte
 
 def test_start_syncs_in_the_background_and_close_stops_it(redis_server: RedisServer) -> None:
     async def scenario() -> None:
-        clock = Clock()
+        clock = FakeClock(100.0)
         one, two = instance(clock), instance(clock)
         r1, r2 = client(redis_server.url), client(redis_server.url)
         s1 = HealthSharer(one, r1, prefix="t5:", interval=0.05)

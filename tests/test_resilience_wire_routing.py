@@ -17,6 +17,8 @@ from ccm_gateway.resilience.health import Health
 from ccm_gateway.resilience.outcome import Outcome
 from ccm_gateway.routing import Attempts, Candidate, Failure, Router, choose
 
+from .fake_clock import FakeClock
+
 PROVIDERS = {
     "a": {"kind": "openai", "api_keys": [{"key": "sk-a-key0-000000", "weight": 3}, {"key": "sk-a-key1-000000"}]},
     "b": {"kind": "openai", "api_keys": ["sk-b-key0-000000"]},
@@ -31,12 +33,6 @@ MODELS = [
 ]
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def setup(retry: dict[str, Any] | None = None, breaker: dict[str, Any] | None = None,
@@ -45,7 +41,7 @@ def setup(retry: dict[str, Any] | None = None, breaker: dict[str, Any] | None = 
                           "resilience": {"retry": {"backoff_base": 0.0, "backoff_max": 0.0, **(retry or {})},
                                          "breaker": breaker or {}}}, env={}, dotenv=False)
     router = Router(config, {n: Upstream(n, p) for n, p in config.providers.items()})
-    health = Health(config.resilience, clock=Clock(), rng=lambda: 0.5)
+    health = Health(config.resilience, clock=FakeClock(100.0), rng=lambda: 0.5)
     for route in router.routes.values():
         health.register_group(route.name, route.members)
     return router, health, config.resilience.retry

@@ -5,17 +5,11 @@ from __future__ import annotations
 
 from ccm_gateway.tokens.cache import TextCache
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from .fake_clock import FakeClock
 
 
 def test_counts_expire_after_the_ttl() -> None:
-    clock = Clock()
+    clock = FakeClock()
     cache = TextCache(maxsize=1000, ttl=60, clock=clock)
     cache.put("a", 5, 10)
     clock.now += 59
@@ -26,7 +20,7 @@ def test_counts_expire_after_the_ttl() -> None:
 
 
 def test_least_recently_used_texts_leave_first_and_size_stays_bounded() -> None:
-    cache = TextCache(maxsize=30, ttl=60, clock=Clock())
+    cache = TextCache(maxsize=30, ttl=60, clock=FakeClock())
     cache.put("a", 1, 10)
     cache.put("b", 2, 10)
     cache.put("c", 3, 10)
@@ -40,7 +34,7 @@ def test_least_recently_used_texts_leave_first_and_size_stays_bounded() -> None:
 
 
 def test_old_entries_nobody_asks_for_are_swept_on_later_writes() -> None:
-    clock = Clock()
+    clock = FakeClock()
     cache = TextCache(maxsize=1000, ttl=60, clock=clock)
     for i in range(10):
         cache.put(i, i, 10)
@@ -50,7 +44,7 @@ def test_old_entries_nobody_asks_for_are_swept_on_later_writes() -> None:
 
 
 def test_rewriting_a_key_replaces_its_size() -> None:
-    cache = TextCache(maxsize=100, ttl=60, clock=Clock())
+    cache = TextCache(maxsize=100, ttl=60, clock=FakeClock())
     cache.put("a", 1, 40)
     cache.put("a", 2, 50)
     assert cache.get("a") == 2 and cache.currsize == 50

@@ -1,0 +1,15 @@
+"""A clock the test moves by hand, for everything that takes ``clock=`` (breakers, retry budgets,
+rate limits, caches): no sleeps, exact times."""
+
+from __future__ import annotations
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
