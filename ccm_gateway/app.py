@@ -144,14 +144,15 @@ def create_app(
         config = load_config(DEFAULT_CONFIG_PATH if config is None else config)
     register_secrets(config_secrets(config))  # masked in every log record from now on
     gateway = Gateway(config)
-    chat = ChatEndpoint(gateway.router, config.resilience if config.resilience.enabled else None)
+    resilience = config.resilience if config.resilience.enabled else None
+    chat = ChatEndpoint(gateway.router, resilience)
     counting = CountTokensEndpoint(gateway.router, gateway.counter)
     routes = [
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/v1/messages", chat, methods=["POST"]),
         Route("/v1/messages/count_tokens", counting, methods=["POST"]),
         Route("/v1/chat/completions/count_tokens", counting, methods=["POST"]),
-        Route("/v1/embeddings", EmbeddingsEndpoint(gateway.router), methods=["POST"]),
+        Route("/v1/embeddings", EmbeddingsEndpoint(gateway.router, resilience), methods=["POST"]),
         Route("/v1/models", _models(gateway), methods=["GET"]),
         Route("/health", _health, methods=["GET"]),
         Route("/ready", _ready(gateway), methods=["GET"]),

@@ -9,39 +9,46 @@ form (the openai SDK's default, PROTOCOLS.md P26) is produced here.
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Mapping
+from typing import Any
 
 import aiohttp
 
 from .dialects import Dialect
 from .dialects import gemini_embeddings as gemini
 from .dialects.openai_embeddings import EmbeddingsHead
-from .errors import InvalidRequest, ModelNotFound, UpstreamError, UpstreamTimeout, UpstreamUnavailable, error_for_status
+from .errors import GatewayError, InvalidRequest, UpstreamError, UpstreamTimeout, UpstreamUnavailable, error_for_status
 from .exchange import Exchange, exchange_of
 from .middleware.types import Receive, Scope, Send
 from .providers.kinds import EMBEDDINGS
 from .providers.upstream import Upstream, UpstreamResponse
 from .proxy import (
     MAX_ERROR_BODY,
+    Opened,
     Pipe,
     redact_credentials,
-    relay_error,
+    relay_error_body,
     response_headers,
+    run_attempts,
+    send_options,
     until_disconnect,
     upstream_headers,
 )
+from .resilience.policy import ResilienceConfig
 from .responses import send_bytes
-from .routing import Deployment, Route, Router
+from .routing import Attempts, Candidate, Failure, Router
 
 MAX_GEMINI_BODY = 64 * 1024 * 1024  # 100 vectors of 3072 floats are ~6 MB of JSON
 
 
 class EmbeddingsEndpoint:
-    """ASGI app behind ``POST /v1/embeddings``."""
+    """ASGI app behind ``POST /v1/embeddings``: the chat endpoint's attempt loop (``proxy.run_attempts``)
+    over the route's members that have an embeddings endpoint, so failures are retried and fall back
+    the same way."""
 
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, resilience: ResilienceConfig | None = None) -> None:
         self.router = router
+        self.resilience = resilience
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ex = exchange_of(scope)
@@ -49,103 +56,111 @@ class EmbeddingsEndpoint:
         ex.operation = EMBEDDINGS  # also when mounted under a path the middleware did not recognise
         head: EmbeddingsHead = ex.head()
         route = self.router.resolve(head.model)
-        deployment = pick_embedder(route)
-        ex.route, ex.deployment = route.name, deployment.label
-        upstream = deployment.upstream
-        translate = Dialect.GEMINI in upstream.kind.dialects
-        if translate and head.texts is None:
-            raise InvalidRequest(
-                f"input: model '{route.name}' is served by Gemini, which embeds text only, not token ids",
-                param="input",
-            )
-        headers = upstream_headers(scope, ex, upstream)
-        headers.update(upstream.auth_headers(upstream.pick_key()))
-        if translate:
-            work = self._gemini(send, ex, upstream, deployment.model, head, headers)
-        else:
-            work = self._passthrough(send, ex, upstream, deployment.model, head, headers)
-        await until_disconnect(work, receive, ex)
+        route.check(EMBEDDINGS)  # no member could ever embed: 400 (or 404 without keys) before any attempt
+        health = ex.health
+        policy = self.resilience.retry if health is not None and self.resilience is not None else None
+        plan = Attempts(self.router.chain(route), EMBEDDINGS, health, policy, None, 0, self.router.routes.get)
+        ex.route = route.name
 
-    async def _passthrough(
-        self, send: Send, ex: Exchange, upstream: Upstream, model: str, head: EmbeddingsHead, headers: dict[str, str]
-    ) -> None:
-        deadline = asyncio.get_running_loop().time() + upstream.timeout.deadline
-        ex.attempts += 1
-        body = head.body_for(model, ex.body)
-        resp = await upstream.send(EMBEDDINGS, body, headers, False, deadline, model=model)
-        ex.upstream_status = resp.status
-        try:
-            if resp.status >= 400:
-                await relay_error(send, ex, upstream, resp)
-            else:
-                await Pipe(ex, upstream, resp, send).run(deadline)  # usage: prompt_tokens → ex.usage.input
-        finally:
-            resp.close()
+        def attempt(choice: Candidate) -> Any:
+            if Dialect.GEMINI in choice.deployment.upstream.kind.dialects:
+                return GeminiEmbeddings(scope, ex, choice, head)
+            return PassThroughEmbeddings(scope, ex, choice, head)
 
-    async def _gemini(
-        self, send: Send, ex: Exchange, upstream: Upstream, model: str, head: EmbeddingsHead, headers: dict[str, str]
-    ) -> None:
-        assert head.texts is not None
-        model = model.removeprefix("models/")  # Gemini's resource name; the path wants the bare model
+        await until_disconnect(run_attempts(send, ex, plan, attempt, EMBEDDINGS), receive, ex)
+
+
+class PassThroughEmbeddings:
+    """One attempt at an OpenAI-shaped embeddings endpoint: the client's bytes with the model renamed."""
+
+    stream = False
+    op = EMBEDDINGS
+
+    def __init__(self, scope: Scope, ex: Exchange, choice: Candidate, head: EmbeddingsHead) -> None:
+        deployment = choice.deployment
+        self.scope, self.ex, self.key = scope, ex, choice.key
+        self.upstream = deployment.upstream
+        self.model = deployment.model
+        self.timeouts = deployment.timeouts
+        self.send_options = send_options(deployment)
+        self.body = head.body_for(deployment.model, ex.body)
+
+    def headers(self) -> dict[str, str]:
+        headers = upstream_headers(self.scope, self.ex, self.upstream)
+        headers.update(self.upstream.auth_headers(self.key))
+        return headers
+
+    async def relay(self, send: Send, failure: Failure) -> None:
+        await relay_error_body(send, self.ex, self.upstream, failure.status or 500, failure.headers, failure.body)
+
+    async def deliver(self, send: Send, opened: Opened) -> bool:  # usage: prompt_tokens → ex.usage.input
+        return await Pipe(self.ex, self.upstream, opened.resp, send, False, self.timeouts).run(opened.deadline)
+
+
+class GeminiEmbeddings(PassThroughEmbeddings):
+    """One attempt at Gemini's ``batchEmbedContents``: the first batch is the attempt (retried elsewhere
+    when it fails); further batches, for inputs of more than one batch, follow on the same member."""
+
+    def __init__(self, scope: Scope, ex: Exchange, choice: Candidate, head: EmbeddingsHead) -> None:
+        if head.texts is None:
+            raise InvalidRequest(f"input: model '{ex.model}' is served by Gemini, which embeds text only, "
+                                 "not token ids", param="input")
+        super().__init__(scope, ex, choice, head)
+        self.head = head
+        self.model = self.model.removeprefix("models/")  # Gemini's resource name; the path wants the bare model
+        self.batches = list(gemini.batches(head.texts))
+        self.body = gemini.request_body(self.model, self.batches[0], head.dimensions)
+
+    async def relay(self, send: Send, failure: Failure) -> None:
+        raise gemini_error(self.upstream, failure.status or 500, failure.headers, failure.body)
+
+    async def deliver(self, send: Send, opened: Opened) -> bool:
+        ex, upstream, head = self.ex, self.upstream, self.head
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + upstream.timeout.deadline
-        ex.attempts += 1
         vectors: list[list[float]] = []
-        upstream_head: Mapping[str, str] = {}
-        for batch in gemini.batches(head.texts):
-            body = gemini.request_body(model, batch, head.dimensions)
-            resp = await upstream.send(EMBEDDINGS, body, headers, False, deadline, model=model)
-            ex.upstream_status = resp.status
-            try:
-                if resp.status >= 400:
-                    raise await gemini_error(upstream, resp)
-                raw = await _read_whole(upstream, resp, deadline)
-            finally:
+        resp = opened.resp
+        for i, batch in enumerate(self.batches):
+            if i:  # the next batch, on the same member
                 resp.close()
+                body = gemini.request_body(self.model, batch, head.dimensions)
+                resp = await upstream.send(EMBEDDINGS, body, self.headers(), False, opened.deadline, model=self.model)
+                ex.upstream_status = resp.status
+                if resp.status >= 400:
+                    try:
+                        async with asyncio.timeout(upstream.timeout.idle):
+                            error_body = await resp.read(MAX_ERROR_BODY)
+                    except (aiohttp.ClientError, TimeoutError):
+                        error_body = b""
+                    finally:
+                        resp.close()
+                    raise gemini_error(upstream, resp.status, resp.headers, error_body)
+            try:
+                raw = await _read_whole(upstream, resp, opened.deadline)
+            finally:
+                if i:
+                    resp.close()
             if ex.first_byte_at is None:
                 ex.first_byte_at = loop.time()
             try:
                 vectors.extend(gemini.vectors(raw, len(batch)))
             except ValueError as exc:
                 raise UpstreamError(f"upstream {upstream.name} sent an unusable answer: {exc}", status=502) from None
-            upstream_head = resp.headers
+        assert head.texts is not None
         tokens = gemini.estimate_tokens(head.texts)
         ex.usage.input = tokens  # an estimate: Gemini reports no usage for embeddings (reported stays False)
-        out = gemini.openai_response(model, vectors, head.encoding_format, tokens)
-        await send_bytes(send, 200, out, response_headers(ex, upstream_head))
+        out = gemini.openai_response(self.model, vectors, head.encoding_format, tokens)
+        await send_bytes(send, 200, out, response_headers(ex, resp.headers))
+        return True
 
 
-def pick_embedder(route: Route) -> Deployment:
-    """A deployment, by weight, among those whose provider has an embeddings endpoint and a key."""
-    capable = [d for d in route.deployments if d.upstream.kind.supports(EMBEDDINGS)]
-    if not capable:
-        names = ", ".join(sorted({f"{d.upstream.name} (kind {d.upstream.kind.name})" for d in route.deployments}))
-        raise InvalidRequest(
-            f"model '{route.name}' does not support embeddings: provider {names} has no embeddings endpoint",
-            param="model",
-        )
-    usable = [d for d in capable if d.upstream.available]
-    if not usable:
-        names = ", ".join(sorted({d.upstream.name for d in capable}))
-        raise ModelNotFound(f"model '{route.name}' is not available: provider {names} has no API key configured")
-    if len(usable) == 1:
-        return usable[0]
-    return random.choices(usable, weights=[d.weight for d in usable])[0]
-
-
-async def gemini_error(upstream: Upstream, resp: UpstreamResponse) -> Exception:
+def gemini_error(upstream: Upstream, status: int, headers: Mapping[str, str], body: bytes) -> GatewayError:
     """A Gemini error as an OpenAI-shaped one: same status, Gemini's message (keys masked)."""
-    try:
-        async with asyncio.timeout(upstream.timeout.idle):
-            body = await resp.read(MAX_ERROR_BODY)
-    except (aiohttp.ClientError, TimeoutError):
-        body = b""
-    message = f"upstream {upstream.name} returned HTTP {resp.status}"
+    message = f"upstream {upstream.name} returned HTTP {status}"
     detail = gemini.error_message(redact_credentials(body, upstream))
     if detail:
         message += f": {detail[:500]}"
-    err = error_for_status(resp.status, message)
-    retry_after = resp.headers.get("retry-after")
+    err = error_for_status(status, message)
+    retry_after = headers.get("retry-after")
     if retry_after:
         err.headers["retry-after"] = retry_after
     return err

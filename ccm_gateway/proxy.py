@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -105,42 +105,54 @@ class ChatEndpoint:
         return None
 
     async def _run(self, scope: Scope, send: Send, ex: Exchange, plan: Attempts) -> None:
-        last: Failure | None = None
         request: Any = None  # the client request in the canonical model, decoded once for translations
-        while (choice := await plan.next(last)) is not None:
-            deployment = choice.deployment
-            ex.deployment = deployment.label
-            ex.fallback = plan.route.name if plan.position else None
-            upstream = deployment.upstream
-            outcome, retry_after = Outcome.CANCELLED, None
-            try:
-                if upstream.speaks(ex.dialect):
-                    call: Any = PassThrough(scope, ex, choice)
-                else:  # another dialect: through the canonical model (translate.py; imported late, it imports us)
-                    from .translate import Translated, decode_client
 
-                    if request is None:
-                        request = decode_client(ex.dialect, ex.body)
-                    call = Translated(ex, deployment, plan.route.max_output_tokens, request, choice.key)
-                with attempt_span(ex, deployment.label, ex.attempts + 1):  # upstream time; a span when tracing
-                    opened = await open_attempt(call, ex, plan.remaining())
-                    if isinstance(opened, Failure):
-                        last, outcome, retry_after = opened, opened.outcome, opened.retry_after
-                        continue
-                    try:
-                        outcome = Outcome.SUCCESS if await call.deliver(send, opened) else Outcome.FAILURE
-                    except GatewayError:  # a JSON answer that could not be read or was cut
-                        outcome = Outcome.FAILURE
-                        raise
-                    finally:
-                        opened.resp.close()  # released, not drained (a client that left ends here too)
-                return
-            finally:
-                plan.record(choice, outcome, retry_after)
-        if last is None:
-            plan.route.check(ex.dialect)  # no key configured / no codec: the errors a single pick gave
-            raise all_open(ex, plan)
-        await relay_failure(send, ex, last)
+        def attempt(choice: Candidate) -> Any:
+            nonlocal request
+            if choice.deployment.upstream.speaks(ex.dialect):
+                return PassThrough(scope, ex, choice)
+            from .translate import Translated, decode_client  # another dialect (translate.py imports us)
+
+            if request is None:
+                request = decode_client(ex.dialect, ex.body)
+            return Translated(ex, choice.deployment, plan.route.max_output_tokens, request, choice.key)
+
+        await run_attempts(send, ex, plan, attempt, ex.dialect)
+
+
+async def run_attempts(send: Send, ex: Exchange, plan: Attempts, attempt: Callable[[Candidate], Any],
+                       op: Any) -> None:
+    """The attempt loop: ``attempt(choice)`` builds the call for a member (``PassThrough``,
+    ``translate.Translated``, the embeddings calls); each is opened to its commit point, retried
+    elsewhere on a retryable failure before it, delivered after it. ``op`` (a Dialect, or
+    "embeddings") names what the route's members must serve, for the errors when none can."""
+    last: Failure | None = None
+    while (choice := await plan.next(last)) is not None:
+        deployment = choice.deployment
+        ex.deployment = deployment.label
+        ex.fallback = plan.route.name if plan.position else None
+        outcome, retry_after = Outcome.CANCELLED, None
+        try:
+            call = attempt(choice)
+            with attempt_span(ex, deployment.label, ex.attempts + 1):  # upstream time; a span when tracing
+                opened = await open_attempt(call, ex, plan.remaining())
+                if isinstance(opened, Failure):
+                    last, outcome, retry_after = opened, opened.outcome, opened.retry_after
+                    continue
+                try:
+                    outcome = Outcome.SUCCESS if await call.deliver(send, opened) else Outcome.FAILURE
+                except GatewayError:  # a JSON answer that could not be read or was cut
+                    outcome = Outcome.FAILURE
+                    raise
+                finally:
+                    opened.resp.close()  # released, not drained (a client that left ends here too)
+            return
+        finally:
+            plan.record(choice, outcome, retry_after)
+    if last is None:
+        plan.route.check(op)  # no key configured / no codec: the errors a single pick gave
+        raise all_open(ex, plan)
+    await relay_failure(send, ex, last)
 
 
 class _Metadata(msgspec.Struct):

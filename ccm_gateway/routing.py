@@ -27,6 +27,7 @@ import msgspec
 from .config import Config, RouteTimeouts, Timeouts
 from .dialects import Dialect
 from .errors import InvalidRequest, ModelNotFound
+from .providers.kinds import EMBEDDINGS
 from .providers.upstream import Upstream
 from .resilience.backoff import backoff
 from .resilience.health import Member
@@ -115,7 +116,7 @@ class Route:
     def available(self) -> bool:
         return any(d.upstream.available for d in self.deployments)
 
-    def check(self, dialect: Dialect) -> None:
+    def check(self, dialect: Dialect | str) -> None:
         """Raise what ``pick`` would when no deployment can serve ``dialect`` at all (health aside)."""
         if not any(d.upstream.available and _serves(d.upstream, dialect) for d in self.deployments):
             raise self._unusable(dialect)
@@ -134,12 +135,17 @@ class Route:
             choice = random.choices(usable, weights=[d.weight for d in usable])[0]
         return choice
 
-    def _unusable(self, dialect: Dialect) -> Exception:
+    def _unusable(self, dialect: Dialect | str) -> Exception:
         if not self.available:
             names = ", ".join(sorted({d.upstream.name for d in self.deployments}))
             return ModelNotFound(
                 f"model '{self.name}' is not available: provider {names} has no API key configured"
             )
+        if dialect == EMBEDDINGS:
+            names = ", ".join(sorted({f"{d.upstream.name} (kind {d.upstream.kind.name})" for d in self.deployments}))
+            return InvalidRequest(
+                f"model '{self.name}' does not support embeddings: provider {names} has no embeddings endpoint",
+                param="model")
         return InvalidRequest(
             f"model '{self.name}' is served by a provider whose protocol the gateway cannot translate "
             f"{dialect.value} requests to",
@@ -151,8 +157,11 @@ class Route:
 TRANSLATABLE = frozenset({Dialect.OPENAI_CHAT, Dialect.ANTHROPIC_MESSAGES, Dialect.GEMINI})
 
 
-def _serves(upstream: Upstream, dialect: Dialect) -> bool:
-    return upstream.speaks(dialect) or not TRANSLATABLE.isdisjoint(upstream.kind.dialects)
+def _serves(upstream: Upstream, op: Dialect | str) -> bool:
+    """Can this provider take ``op``: a chat request of a dialect (spoken or translated), or "embeddings"."""
+    if op == EMBEDDINGS:
+        return upstream.kind.supports(EMBEDDINGS)
+    return upstream.speaks(op) or not TRANSLATABLE.isdisjoint(upstream.kind.dialects)
 
 
 class Router:
@@ -218,7 +227,7 @@ class Router:
         return [(r.name, r.deployments[0].upstream.name) for r in self.routes.values() if r.available]
 
 
-def serves(candidate: Candidate, dialect: Dialect) -> bool:
+def serves(candidate: Candidate, dialect: Dialect | str) -> bool:
     up = candidate.deployment.upstream
     return up.available and _serves(up, dialect)
 
@@ -262,7 +271,7 @@ def choose(pool: list[Candidate], affinity: str | None) -> Candidate:
     return _weighted(group, key_weights)
 
 
-def blocked_for(chain: list[Route], dialect: Dialect, health: Health) -> float | None:
+def blocked_for(chain: list[Route], dialect: Dialect | str, health: Health) -> float | None:
     """None when some member of the routes can serve now; else seconds until the soonest may again."""
     members: list[Member] = []
     for route in chain:
@@ -304,7 +313,7 @@ class Attempts:
     __slots__ = ("affinity", "chain", "count", "deadline", "dialect", "excluded", "health", "in_route", "last",
                  "policy", "position", "resolve", "tried", "tried_deployments")
 
-    def __init__(self, chain: list[Route], dialect: Dialect, health: Health | None, policy: RetryPolicy | None,
+    def __init__(self, chain: list[Route], dialect: Dialect | str, health: Health | None, policy: RetryPolicy | None,
                  affinity: str | None = None, start_at: int = 0,
                  resolve: Callable[[str], Route | None] | None = None) -> None:
         self.chain = chain

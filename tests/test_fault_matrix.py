@@ -496,3 +496,57 @@ def test_the_sdks_do_not_retry_what_the_gateway_already_retried(upstream: MockUp
                     client.messages.create(model="duo", max_tokens=16, messages=USER)
             assert info.value.status_code == 503
         assert app.requests == 2  # x-should-retry: false — the SDKs' own 3 retries were not spent
+
+
+# --- embeddings go through the same attempt loop ---------------------------------------------------
+
+
+def embed(gw: ServerThread, model: str = "duo") -> httpx.Response:
+    return httpx.post(gw.base_url + "/v1/embeddings", json={"model": model, "input": ["alpha", "beta"],
+                                                             "encoding_format": "float"}, timeout=15)
+
+
+def sent_to(upstream: MockUpstream, model: str) -> int:
+    return sum(1 for r in upstream.requests if r.path.endswith("/embeddings") and r.json()["model"] == model)
+
+
+def test_embeddings_failover_and_breaker(upstream: MockUpstream) -> None:
+    failing = unique("text-embedding-3-small+status=503")
+    with serve(config(upstream, "openai", failing, "text-embedding-3-small")) as gw:
+        answers = []
+        for _ in range(10):  # bounded: "a" has nearly all the weight, so it fails 3 times within a few requests
+            answers.append(embed(gw))
+            if member_state(gw, "a", failing)["state"] == "open":
+                break
+        after = embed(gw)  # open: not asked again
+        assert [r.status_code for r in [*answers, after]] == [200] * (len(answers) + 1)
+        assert all(len(r.json()["data"]) == 2 for r in answers)
+        assert {r.headers["x-ccm-deployment"] for r in [*answers, after]} == {"b/text-embedding-3-small"}
+        assert after.headers["x-ccm-attempts"] == "1"
+        assert sent_to(upstream, failing) == 3
+        assert member_state(gw, "a", failing)["state"] == "open"
+
+
+def test_gemini_embeddings_fall_over_to_openai(upstream: MockUpstream) -> None:
+    """A Gemini deployment's failure is retried on an OpenAI-shaped one: the client sees one answer."""
+    raw = config(upstream, "openai", "unused", "text-embedding-3-small")
+    raw["providers"]["a"] = {"kind": "gemini", "base_url": upstream.base_url + "/v1beta", "api_keys": ["gem-k-0123456"],
+                             "timeout": TIMEOUTS}
+    raw["models"][0]["targets"][0]["model"] = "gemini-embedding-001+status=500"  # the mock's Gemini embedder
+    with serve(raw) as gw:
+        r = embed(gw)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["data"]) == 2 and isinstance(r.json()["data"][0]["embedding"], list)
+    assert r.headers["x-ccm-attempts"] == "2" and r.headers["x-ccm-deployment"] == "b/text-embedding-3-small"
+    gemini_first = [q for q in upstream.requests if q.headers.get("x-request-id") == r.headers["x-request-id"]]
+    assert [q.path.rsplit("/", 1)[-1] for q in gemini_first] == [
+        "gemini-embedding-001+status=500:batchEmbedContents", "embeddings"]
+
+
+def test_embeddings_errors_keep_their_shape_when_every_member_fails(upstream: MockUpstream) -> None:
+    a, b = unique("text-embedding-3-small+status=429+retry_after=30"), unique("text-embedding-3-large+status=429")
+    with serve(config(upstream, "openai", a, b)) as gw:
+        r = embed(gw)
+        assert r.status_code == 429 and r.json()["error"]["type"]  # the last upstream error, OpenAI-shaped
+        assert r.headers["x-should-retry"] == "false" and int(r.headers["x-ccm-attempts"]) >= 2
+    assert sent_to(upstream, a) >= 1 and sent_to(upstream, b) >= 1  # both were tried before giving up

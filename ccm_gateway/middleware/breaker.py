@@ -2,7 +2,7 @@
 
 Runs after auth, token counting and rate limits and before billing, so a request whose route and
 fallbacks are all open (breakers) or cooling down (429s, dead keys) gets its 503 with Retry-After
-before any budget is reserved. Every chat request deposits into the retry budget here; the endpoint's
+before any budget is reserved. Every chat and embeddings request deposits into the retry budget here; the endpoint's
 attempt loop (``routing.Attempts``) withdraws per retry. The response head gets ``x-ccm-deployment``,
 ``x-ccm-attempts`` and ``x-ccm-fallback``, and an error after retries ``x-should-retry: false`` (the
 SDKs would otherwise retry what the gateway already retried). Without this stage the endpoint makes
@@ -15,9 +15,12 @@ import math
 
 from ..errors import GatewayError, ServiceUnavailable
 from ..exchange import Exchange, exchange_of
+from ..providers.kinds import EMBEDDINGS
 from ..resilience.health import Health
 from ..routing import Router, blocked_for
 from .types import ASGIApp, Message, Receive, Scope, Send
+
+_ATTEMPTED = frozenset({"chat", EMBEDDINGS})  # operations served through the attempt loop
 
 
 class BreakerMiddleware:
@@ -28,7 +31,7 @@ class BreakerMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ex = exchange_of(scope)
-        if ex is None or ex.operation != "chat" or scope["method"] != "POST":
+        if ex is None or ex.operation not in _ATTEMPTED or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
         ex.health = self.health
@@ -49,7 +52,7 @@ class BreakerMiddleware:
         chain = self.router.chain(route)
         if ex.fallback is not None:
             chain = self.router.chain(self.router.resolve(ex.fallback))
-        return blocked_for(chain, ex.dialect, self.health)
+        return blocked_for(chain, ex.dialect if ex.operation == "chat" else EMBEDDINGS, self.health)
 
 
 class _Tagged:
