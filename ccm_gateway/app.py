@@ -164,7 +164,6 @@ def create_app(
                    read_timeout=config.server.read_timeout),
         Middleware(RequestIdMiddleware),
         Middleware(ObserveMiddleware, metrics=gateway.metrics, tracing=_tracing(config), access=config.logging.access),
-        Middleware(RequestGuardMiddleware, guard=RequestGuard(config.requests)),
         *_admin_stages(config, gateway),
         *_guard_stages(config, gateway),
         *([Middleware(BreakerMiddleware, health=gateway.health, router=gateway.router)]
@@ -187,6 +186,8 @@ def _guard_stages(config: Config, gateway: Gateway) -> list[Middleware]:
     else:
         log.warning("auth is off: anyone who can reach this gateway's port can use every configured provider%s",
                     " ([[keys]] are configured but auth.enabled = false)" if config.keys else "")
+    # The body checks cost time in proportion to the body: only for callers that passed auth.
+    stages.append(Middleware(RequestGuardMiddleware, guard=RequestGuard(config.requests)))
     if config.tokens.count_prompts:  # before rate limits: TPM reserves the estimate
         stages.append(Middleware(TokenCountMiddleware, counter=gateway.counter, router=gateway.router))
     lim = config.limits
@@ -273,10 +274,13 @@ def _ready(gateway: Gateway):
             blocked = [r.name for r in gateway.router.routes.values()
                        if r.available and not any(serves(c, Dialect.OPENAI_CHAT) and health.available(c.member)
                                                   for c in r.candidates)]
-            if ok and blocked:
+            # Not ready only when no configured model can be served at all: one provider's outage must
+            # not take every replica out of a load balancer that routes healthy models too.
+            if ok and blocked and len(blocked) == len(models):
                 ok, status = False, "not ready"
-            elif ok and any(m["state"] != "closed" or m["cooled_for"] or m["ejected_for"] for m in members.values()):
-                status = "degraded"  # still serving: some members are out
+            elif ok and (blocked or any(m["state"] != "closed" or m["cooled_for"] or m["ejected_for"]
+                                        for m in members.values())):
+                status = "degraded"  # still serving: some members or whole models are out
             body.update(status=status, deployments=members, unavailable_models=blocked)
         stores = _shared_stores(gateway)
         if stores:  # Redis-backed limits and budgets: "redis", or "local" while Redis is unreachable

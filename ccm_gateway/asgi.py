@@ -11,5 +11,5 @@ from .cli import configure_logging
 from .config import DEFAULT_CONFIG_PATH, load_config
 
 _config = load_config(os.environ.get("CCM_CONFIG") or DEFAULT_CONFIG_PATH)
-configure_logging(_config.logging.level)
+configure_logging(_config.logging.level, _config.logging.format)
 app = create_app(_config)

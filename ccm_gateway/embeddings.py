@@ -123,7 +123,8 @@ class GeminiEmbeddings(PassThroughEmbeddings):
             if i:  # the next batch, on the same member
                 resp.close()
                 body = gemini.request_body(self.model, batch, head.dimensions)
-                resp = await upstream.send(EMBEDDINGS, body, self.headers(), False, opened.deadline, model=self.model)
+                resp = await upstream.send(EMBEDDINGS, body, self.headers(), False, opened.deadline, model=self.model,
+                                           **self.send_options)
                 ex.upstream_status = resp.status
                 if resp.status >= 400:
                     try:

@@ -141,7 +141,7 @@ async def run_attempts(send: Send, ex: Exchange, plan: Attempts, attempt: Callab
                     continue
                 try:
                     outcome = Outcome.SUCCESS if await call.deliver(send, opened) else Outcome.FAILURE
-                except GatewayError:  # a JSON answer that could not be read or was cut
+                except (GatewayError, _AbortResponse):  # a JSON answer that could not be read or was cut
                     outcome = Outcome.FAILURE
                     raise
                 finally:
@@ -192,8 +192,11 @@ async def open_attempt(call: Any, ex: Exchange, remaining: float) -> Opened | Fa
     timeouts = call.timeouts
     loop = asyncio.get_running_loop()
     now = loop.time()
-    deadline = now + min(timeouts.deadline, max(remaining, 0.001))
     stream = call.stream
+    left = max(remaining, 0.001)  # the request's own deadline (all attempts together)
+    # A JSON answer is bounded by ``deadline``; a stream's head and first chunk only by ``first_byte``
+    # (streams are never cut by the cap meant for whole answers).
+    deadline = now + (left if stream else min(timeouts.deadline, left))
     first_by = min(now + timeouts.first_byte, deadline)
     ex.attempts += 1
     ex.upstream_status = None

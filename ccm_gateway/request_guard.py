@@ -1,7 +1,7 @@
 """Request checks made before anything decodes a body: nesting depth, client-chosen upstreams, caps.
 
-``RequestGuardMiddleware`` runs ``RequestGuard.check`` right after the exchange stage has read the
-body and the request-id stage has named the request (so a refusal carries ``x-request-id``). It is
+``RequestGuardMiddleware`` runs ``RequestGuard.check`` right after auth (its cost grows with the body,
+so only callers with a key pay for it; the request id is already set, so a refusal carries it). It is
 all bytes operations at C speed (``count``, ``find``, ``replace``, ``translate``, ``split``) or msgspec
 decodes of the few raw fields a cap needs (``exchange.head()``), so a 400 KB agent request costs a
 few milliseconds (see ``nesting_exceeds``) and a small chat request a few microseconds. A refusal

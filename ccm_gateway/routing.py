@@ -354,9 +354,10 @@ class Attempts:
             if self.in_route < policy.max_attempts:
                 choice = self._retry_pick()
                 waited = False
-                if choice is None and last.retry_after is not None and self.in_route > 0 and self.last is not None:
-                    # Nothing else to try here: honour the Retry-After when it fits the deadline, then
-                    # try again; otherwise the fallbacks at once.
+                if (choice is None and last.retry_after is not None and self.in_route > 0 and self.last is not None
+                        and not any(self._usable(r) for r in self.chain[self.position + 1:])):
+                    # Nothing else to try here or in the fallbacks: honour the Retry-After when it fits the
+                    # deadline, then try again; otherwise end with the upstream's answer.
                     wait = max(last.retry_after, health.reopen_in(self.route.members) or 0.0)
                     if wait < min(self.remaining(), health.config.cooldown.max):
                         await asyncio.sleep(wait)
@@ -428,11 +429,17 @@ class Attempts:
             return
         if outcome is Outcome.DEAD_KEY or outcome is Outcome.RATE_LIMITED:
             self.excluded.add(choice.member.id)  # not again in this request (unless its Retry-After is waited out)
-            if not self._usable(self.route):
-                # Nothing else in its route can serve: ejecting or cooling it would only turn the upstream's
-                # own 401/403/429 (with its message and reset headers) into 503s. It stays in.
+            if not self._serving_left():
+                # Nothing else in its route or its fallbacks can serve: ejecting or cooling it would only
+                # turn the upstream's own 401/403/429 (with its message and reset headers) into 503s. It
+                # stays in — but a half-open probe slot it held is freed.
+                health.record(choice.member, Outcome.CANCELLED)
                 return
         health.record(choice.member, outcome, retry_after)
+
+    def _serving_left(self) -> bool:
+        """Can any member of the current route or of the fallbacks after it serve now?"""
+        return any(self._usable(route) for route in self.chain[self.position:])
 
     def reopen_in(self) -> float | None:
         """Seconds until the soonest member of the route or its fallbacks may serve again."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 import signal
 import time
 from multiprocessing.connection import wait
@@ -54,19 +55,23 @@ def serve_workers(hc: Any, workers: int, grace: float) -> int:
                 processes[process] = time.monotonic()
             signal.signal(signal.SIGINT, on_signal)
             signal.signal(signal.SIGTERM, on_signal)
-            wait([p.sentinel for p in processes])  # a worker exited (a signal only sets the stop event)
+            # A signal handler does not interrupt wait(), so it polls: a worker exited, or the stop came.
+            while not stopping and not wait([p.sentinel for p in processes], timeout=STOP_POLL):
+                pass
             if stopping:
                 break
             for process, started in list(processes.items()):
                 if not process.is_alive():
                     del processes[process]
                     log.error("worker %s exited with code %s", process.pid, process.exitcode)
+                    _forget_metrics(process.pid)
                     if time.monotonic() - started < STARTUP:
                         code, stopping = process.exitcode or 1, True
                         stop.set()
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+        deadline = time.monotonic() + grace + EXIT_MARGIN  # one deadline for all of them, not one each
         for process in processes:
-            process.join(grace + EXIT_MARGIN)
+            process.join(max(0.0, deadline - time.monotonic()))
         for process in processes:
             if process.is_alive():
                 process.terminate()
@@ -78,6 +83,15 @@ def serve_workers(hc: Any, workers: int, grace: float) -> int:
     return code
 
 
+def _forget_metrics(pid: int | None) -> None:
+    """A crashed worker never marked its multi-process metric files dead: its live gauges (in-flight
+    requests) would count forever."""
+    if pid is not None and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)
+
+
 def _worker(hc: Any, sockets: Any, stop: Event, grace: float) -> None:
     """One worker: the gateway app served on the inherited sockets until the stop event, then drained."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a signal to the whole group: the parent's event decides
@@ -86,8 +100,11 @@ def _worker(hc: Any, sockets: Any, stop: Event, grace: float) -> None:
 
     from .asgi import app
 
+    parent = multiprocessing.parent_process()
+
     async def shutdown_trigger() -> None:
-        while not stop.is_set():
+        # The parent's stop event, or the parent gone (killed): a worker never outlives its supervisor.
+        while not stop.is_set() and (parent is None or parent.is_alive()):
             await asyncio.sleep(STOP_POLL)
         app.state.gateway.drain.begin(grace)
 

@@ -19,14 +19,15 @@ import httpx
 import openai
 import pytest
 
-from ccm_gateway import create_app, load_config
+from ccm_gateway import create_app, load_config, routing
 from ccm_gateway.mock import MockUpstream
 
 from .conftest import ANTHROPIC_KEY, CLOSED_PORT, OPENAI_KEY
 from .servers import ServerThread
 from .sse_checks import frames
 
-TIMEOUTS = {"connect": 1.0, "first_byte": 0.5, "idle": 0.5, "deadline": 3.0}
+# Healthy answers come well within these on a loaded CI machine; the stall faults (3 s) go well beyond.
+TIMEOUTS = {"connect": 1.0, "first_byte": 1.5, "idle": 1.5, "deadline": 3.0}
 # Short open times, no jitter, one probe success closes: the breaker's whole cycle fits in a test.
 BREAKER = {"consecutive_failures": 3, "open_base": 1.0, "open_max": 8.0, "jitter": 0.0, "half_open_successes": 1}
 FAST_RETRY = {"backoff_base": 0.01, "backoff_max": 0.02}
@@ -34,6 +35,13 @@ USER = [{"role": "user", "content": "hello"}]
 # (client dialect, provider kind): same kind = pass-through, other kind = translated.
 PATHS = [("openai", "openai"), ("anthropic", "anthropic"), ("anthropic", "openai"), ("openai", "anthropic")]
 PATH_IDS = ["openai-pass", "anthropic-pass", "anthropic-to-openai", "openai-to-anthropic"]
+
+
+@pytest.fixture(autouse=True)
+def heaviest_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The weighted pick takes the heaviest member, so ``a`` (weight 1000) is always tried first: at
+    1000:1 a random pick still loses about one draw in a thousand, and this file makes dozens."""
+    monkeypatch.setattr(routing, "_weighted", lambda items, weights: items[weights.index(max(weights))])
 
 
 def provider(upstream: MockUpstream, kind: str, keys: list[Any] | None = None, **extra: Any) -> dict[str, Any]:
@@ -296,7 +304,9 @@ def test_client_disconnect_closes_the_upstream_stream_at_once() -> None:
     own = MockUpstream().start_in_thread()  # its own mock: no other test's streams in open_streams
     try:
         slow = "m+chunks=3+delay_ms=5000"
-        with serve(config(own, "openai", slow)) as gw:
+        raw = config(own, "openai", slow)
+        raw["providers"]["a"]["timeout"] = {**TIMEOUTS, "idle": 30.0}  # only the hang-up can end it early
+        with serve(raw) as gw:
             body = {"model": "duo", "stream": True, "messages": USER}
             with httpx.stream("POST", gw.base_url + "/v1/chat/completions", json=body, timeout=10) as r:
                 assert next(r.iter_lines()).startswith("data: ")
@@ -328,7 +338,23 @@ def test_every_deployment_open_answers_503_at_once_with_retry_after(upstream: Mo
         assert (body["error"]["type"]) == kind
         assert upstream.hits(bad_a) == upstream.hits(bad_b) == 1
         ready = httpx.get(gw.base_url + "/ready", timeout=5)
-        assert ready.status_code == 503 and "duo" in ready.json()["unavailable_models"]
+        assert ready.status_code == 503 and "duo" in ready.json()["unavailable_models"]  # nothing left to serve
+
+
+def test_one_blocked_model_leaves_the_instance_ready_but_degraded(upstream: MockUpstream) -> None:
+    """A provider outage that opens every member of one model must not take the replica out of its load
+    balancer while other models still serve: /ready stays 200 and names the blocked model."""
+    bad = unique("m+status=503")
+    raw = config(upstream, "openai", bad, bad,
+                 resilience={"breaker": {**BREAKER, "consecutive_failures": 1, "open_base": 30, "open_max": 60,
+                                         "max_ejected_share": 1.0}},
+                 models=[{"name": "healthy", "targets": [{"provider": "b", "model": "ok"}]}])
+    with serve(raw) as gw:
+        assert post(gw, "openai").status_code == 503
+        ready = httpx.get(gw.base_url + "/ready", timeout=5)
+        assert ready.status_code == 200 and ready.json()["status"] == "degraded"
+        assert ready.json()["unavailable_models"] == ["duo"]
+        assert post(gw, "openai", model="healthy").status_code == 200
 
 
 def test_ready_reports_degraded_while_a_member_is_open(upstream: MockUpstream) -> None:

@@ -355,3 +355,19 @@ def test_scrub_removes_hosts_and_url_credentials() -> None:
     assert scrub_internals(b"redis://:pw@cache:6379", ()) == b"redis://***@cache:6379"
     assert scrub_internals(b"mail me@example.com", ()) == b"mail me@example.com"  # not a URL
     assert host_needles("not a url") == ()
+
+
+def test_a_too_deep_body_is_a_400_even_when_auth_reads_the_model_first() -> None:
+    """A key with a model allow-list makes the auth stage read the request head before the request
+    guard runs: msgspec's own recursion bound must end as a 400 in the caller's protocol, not a 500."""
+    key = "gw-deep-key-0123456789"
+    raw = {"keys": [{"name": "k", "key": key, "models": ["mock*"]}], "providers": {"mock": {"kind": "mock"}},
+           "models": [{"name": "mock", "targets": [{"provider": "mock", "model": "m"}]}]}
+    deep = b'{"model":"mock","messages":[{"role":"user","content":' + b"[" * 10_000 + b"]" * 10_000 + b"}]}"
+    with ServerThread(create_app(load_config(raw, env={}, dotenv=False))) as gw:
+        r = httpx.post(gw.base_url + "/v1/chat/completions", content=deep, timeout=10,
+                       headers={"authorization": f"Bearer {key}", "content-type": "application/json"})
+        assert r.status_code == 400 and "nests too deeply" in r.json()["error"]["message"]
+        r = httpx.post(gw.base_url + "/v1/messages", content=deep, timeout=10,
+                       headers={"x-api-key": key, "anthropic-version": "2023-06-01"})
+        assert r.status_code == 400 and r.json()["type"] == "error"

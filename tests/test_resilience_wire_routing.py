@@ -156,3 +156,29 @@ def test_a_retry_after_that_fits_is_waited_out_on_the_only_member(retry_after: f
     seen = run(schedule(router, health, policy, name="third"), [Outcome.RATE_LIMITED, Outcome.SUCCESS],
                retry_after=3600.0)  # beyond cooldown.max: not waited for, nothing else to try
     assert seen == ["c/mc#k0"]
+
+
+def test_a_half_open_probe_answered_429_frees_its_slot() -> None:
+    """The only member of a route, half-open, probes and gets a 429: it is not cooled (nothing else
+    could serve), and its probe slot is free again for the next request."""
+    router, health, policy = setup(breaker={"consecutive_failures": 1, "open_base": 5, "jitter": 0.0})
+    member = router.routes["third"].members[0]
+    run(schedule(router, health, policy, name="third"), [Outcome.FAILURE])  # trips
+    assert not health.available(member)
+    health.clock.now += 5  # half-open
+    assert run(schedule(router, health, policy, name="third"), [Outcome.RATE_LIMITED]) == ["c/mc#k0"]
+    assert health.available(member)  # the probe slot was released, not leaked
+    assert health.acquire(member)
+
+
+def test_a_retry_after_is_not_waited_out_while_a_fallback_can_serve() -> None:
+    """One member left in the route, answering 429 with a Retry-After: the fallback route serves at once
+    (no sleep), and the member cools down so later requests skip it."""
+    router, health, policy = setup()
+    member = router.routes["solo"].members[0]
+    router.routes["solo"].fallbacks = ["third"]
+    plan_out: list[Any] = []
+    make = lambda: Attempts(router.chain(router.routes["solo"]), Dialect.OPENAI_CHAT, health, policy)  # noqa: E731
+    seen = run(make, [Outcome.RATE_LIMITED, Outcome.RATE_LIMITED, Outcome.SUCCESS], retry_after=30.0, out=plan_out)
+    assert seen[-1] == "c/mc#k0" and len(seen) == 3  # both keys of a, then the fallback, no 30 s wait
+    assert not health.available(member)  # cooled: a fallback could serve, so the 429 counts

@@ -361,4 +361,5 @@ def longest_request(config: Config) -> float:
     deadlines = [t.deadline for t in provider + route if t.deadline is not None]
     streams = [t.stream_deadline or STREAM_HORIZON for t in provider]
     streams += [t.stream_deadline for t in route if t.stream_deadline is not None]
-    return max([600.0, *deadlines, *streams])
+    # Retries, backoff and Retry-After waits come before a stream's first byte: add the request deadline.
+    return max([600.0, *deadlines, *streams]) + config.resilience.retry.request_deadline

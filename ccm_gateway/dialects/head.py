@@ -52,6 +52,8 @@ def read_fields(body: bytes) -> dict[str, Raw]:
         raise InvalidRequest("request body must be a JSON object") from None
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:  # msgspec's own bound (the request guard's tighter one may not have run yet)
+        raise InvalidRequest("request body nests too deeply") from None
 
 
 def _first(raw: Raw) -> int:

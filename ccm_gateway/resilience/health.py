@@ -253,8 +253,8 @@ class Health:
         now = self.clock()
         credential = member.credential
         if self._ejected.get(credential, 0.0) <= now:
-            log.warning("resilience: ejecting provider %s key #%d (%s) for %.0f s: the upstream refused the "
-                        "credential or it is out of credit", member.provider, member.key_index, member.base_url,
+            log.warning("resilience: ejecting provider %s key #%d for %.0f s: the upstream refused the "
+                        "credential or it is out of credit", member.provider, member.key_index,
                         self.config.cooldown.eject)
         self._track(member)
         self._ejected[credential] = now + self.config.cooldown.eject
@@ -274,7 +274,7 @@ class Health:
                         out += 1
             if out + 1 > cap:
                 log.info("resilience: breaker of %s stays closed: %d of its group's %d deployments are already "
-                         "open (max_ejected_share %.2f)", member.id, out, len(group), share)
+                         "open (max_ejected_share %.2f)", member.label, out, len(group), share)
                 return False
         return True
 
