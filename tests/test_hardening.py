@@ -371,3 +371,15 @@ def test_a_too_deep_body_is_a_400_even_when_auth_reads_the_model_first() -> None
         r = httpx.post(gw.base_url + "/v1/messages", content=deep, timeout=10,
                        headers={"x-api-key": key, "anthropic-version": "2023-06-01"})
         assert r.status_code == 400 and r.json()["type"] == "error"
+
+
+def test_the_exchange_stages_own_refusals_carry_the_request_id(upstream: Any) -> None:
+    """A 413 is answered before any later stage runs; it still names the request (the client's valid
+    id, or a fresh one), so operators can find it."""
+    raw = gateway_config(upstream.base_url, max_body_bytes=1000)
+    with ServerThread(create_app(load_config(raw, env={}, dotenv=False))) as gw:
+        big = {"model": "gpt-4.1", "messages": [{"role": "user", "content": "x" * 5000}]}
+        r = httpx.post(gw.base_url + "/v1/chat/completions", json=big, timeout=10, headers={"x-request-id": "big-1"})
+        assert r.status_code == 413 and r.headers["x-request-id"] == "big-1"
+        r = httpx.post(gw.base_url + "/v1/chat/completions", json=big, timeout=10)
+        assert r.status_code == 413 and r.headers["x-request-id"].startswith("req_")

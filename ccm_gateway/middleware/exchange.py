@@ -16,6 +16,7 @@ from ..dialects.registry import WIRE
 from ..errors import GatewayError, InvalidRequest, RequestTooLarge, ServiceUnavailable
 from ..exchange import STATE_KEY, Exchange
 from ..responses import send_error
+from .request_id import client_request_id, new_request_id
 from .types import ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger("ccm_gateway")
@@ -74,6 +75,9 @@ class ExchangeMiddleware:
             return
         ex = Exchange(dialect)
         ex.operation = operation_for(scope["path"])  # so ex.head() parses the right shape, for any stage
+        # Named before the body is read, so even this stage's own refusals (413, 408, shutting down)
+        # carry the id; the request-id stage returns it on every other answer.
+        ex.request_id = client_request_id(scope) or new_request_id()
         scope.setdefault("state", {})[STATE_KEY] = ex
         started = False
 

@@ -56,7 +56,8 @@ class RequestIdMiddleware:
         if ex is None:
             await self.app(scope, receive, send)
             return
-        ex.request_id = client_request_id(scope) or new_request_id()
+        if not ex.request_id:  # the exchange stage names every request; this covers a hand-built chain
+            ex.request_id = client_request_id(scope) or new_request_id()
         value = ex.request_id.encode()
 
         async def send_with_id(message: dict[str, Any]) -> None:
