@@ -214,6 +214,8 @@ def test_retries_and_fallbacks_counted() -> None:
 
 def test_ad_hoc_route_labels_are_bounded() -> None:
     metrics = Metrics({"configured"})
+    for i in range(MAX_ADHOC_ROUTES * 2):  # names that failed (a client's junk) never take a slot
+        metrics.record(_finished(f"oai/junk-{i}", f"oai/junk-{i}"), 404, 0.01, None, False)
     for i in range(MAX_ADHOC_ROUTES + 20):  # clients choose ad-hoc names: past the bound they are "other"
         metrics.record(_finished(f"oai/model-{i}", f"oai/model-{i}"), 200, 0.01, None, False)
     metrics.record(_finished("configured", "oai/real"), 200, 0.01, None, False)
@@ -223,7 +225,8 @@ def test_ad_hoc_route_labels_are_bounded() -> None:
     assert {"other", "configured", "oai/model-0"} <= routes
     others = [s for family in metrics.registry.collect() for s in family.samples
               if s.name == "ccm_requests_total" and s.labels["route"] == "other"]
-    assert [(s.labels["model"], s.value) for s in others] == [("other", 20)]
+    assert sorted((s.labels["model"], s.value) for s in others) == [("other", 20), ("other", 64)]
+    assert not any(r.startswith("oai/junk") for r in routes)
 
 
 def served_per_worker(shared: Path) -> dict[str, float]:

@@ -267,3 +267,15 @@ def test_idle_ungrouped_members_are_forgotten_past_max_tracked() -> None:
     new = spray("new", 5)
     assert set(h.snapshot()) == {A0.id, A1.id, C0.id, failing.id} | new
     assert h.member(A0.id) is A0 and h.member(failing.id) is failing and h.member("direct|u|old-0|k0") is None
+
+
+def test_metrics_see_configured_members_and_only_troubled_others() -> None:
+    """Direct ``provider/model`` members are client text: metrics list them only while they are not
+    closed (bounded), configured members always."""
+    clock = FakeClock()
+    h = health(clock)
+    h.register_group("gpt", [A0])
+    h.record(C0, Outcome.FAILURE)  # outside any group, tripped (trip_after=1)
+    h.record(B0, Outcome.SUCCESS)  # outside any group, closed
+    assert set(h.public_states(bounded=True)) == {A0.label, C0.label}
+    assert set(h.public_states()) == {A0.label, B0.label, C0.label}  # /ready shows all of them

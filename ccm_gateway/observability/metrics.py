@@ -1,7 +1,7 @@
 """Prometheus metrics recorded per request (``Metrics.record``) — the hot-path half of ``/metrics``.
 
 Labels are bounded: ``route`` is a configured model name, or an ad-hoc name (``provider/model``, a
-detected name) among the first ``MAX_ADHOC_ROUTES`` seen, else ``"other"``; ``provider`` is a
+detected name) among the first ``MAX_ADHOC_ROUTES`` that succeeded, else ``"other"``; ``provider`` is a
 configured provider; ``model`` the deployment's upstream model (``"other"`` with the route). No
 request ids, key values or user text. Labelled children are cached per label tuple, so a request
 costs a few dict lookups and observations, no string formatting.
@@ -28,6 +28,7 @@ from prometheus_client.utils import floatToGoString
 from ..exchange import Exchange
 
 MAX_ADHOC_ROUTES = 32
+_UNSLOTTED = "\x00unslotted"  # cache key of failed ad-hoc names (no route can be called this)
 NONE = "none"
 OTHER = "other"
 # Latency buckets (seconds) from sub-millisecond gateway overhead to long generations.
@@ -197,11 +198,14 @@ class Metrics:
         self._own.append(family)
         return family
 
-    def labels(self, ex: Exchange) -> tuple[tuple[str, str, str], _Children]:
-        key = (ex.route, ex.deployment)
+    def labels(self, ex: Exchange, ok: bool = True) -> tuple[tuple[str, str, str], _Children]:
+        route = ex.route
+        if not ok and route is not None and route not in self.routes and route not in self._adhoc:
+            route = _UNSLOTTED  # a failed ad-hoc name (client text) never takes one of the slots
+        key = (route, ex.deployment)
         found = self._children.get(key)
         if found is None:
-            found = self._children[key] = (labels := self._label(ex.route, ex.deployment)), _Children(self, labels)
+            found = self._children[key] = (labels := self._label(route, ex.deployment)), _Children(self, labels)
             if len(self._children) > 4 * MAX_ADHOC_ROUTES + len(self.routes) * 8:
                 self._children.clear()  # only the cache: the children stay registered
         return found
@@ -210,6 +214,8 @@ class Metrics:
         provider, _, model = (deployment or "").partition("/")
         if route is None:
             return NONE, provider or NONE, model or NONE
+        if route is _UNSLOTTED:
+            return OTHER, provider or NONE, OTHER
         if route not in self.routes:
             if route not in self._adhoc and len(self._adhoc) < MAX_ADHOC_ROUTES:
                 self._adhoc.add(route)
@@ -219,7 +225,7 @@ class Metrics:
 
     def record(self, ex: Exchange, status: int, total: float, ttft: float | None, rate_limited: bool) -> None:
         """Everything one finished request contributes."""
-        labels, children = self.labels(ex)
+        labels, children = self.labels(ex, status < 400)
         dialect = ex.dialect.value
         key = (labels, dialect, status)
         counter = self._requests.get(key)

@@ -105,7 +105,7 @@ def _breakers(gateway: Any) -> list[Metric]:
     if health is None or not hasattr(health, "public_states"):
         return []
     state = GaugeMetricFamily("ccm_breaker_state", "1 for the breaker's current state", labels=("member", "state"))
-    for member, info in sorted(health.public_states().items()):
+    for member, info in sorted(health.public_states(bounded=True).items()):
         current = info.get("state") if isinstance(info, dict) else None
         for name in BREAKER_STATES:
             state.add_metric([str(member), name], 1.0 if current == name else 0.0)

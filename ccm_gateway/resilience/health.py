@@ -50,6 +50,9 @@ class Member:
         return f"{self.provider}/{self.model}#k{self.key_index}"
 
 
+MAX_LISTED = 100  # members outside configured routes shown in metrics
+
+
 class Health:
     """Per-process health of every member. Pure bookkeeping on an injected clock: no tasks, no I/O.
 
@@ -148,9 +151,19 @@ class Health:
         """Member id → its state (every member in a group or with a history)."""
         return {m.id: state for m, state in self._states()}
 
-    def public_states(self) -> dict[str, dict[str, Any]]:
-        """``Member.label`` → its state, for ``/ready`` and ``/metrics`` (no base URLs)."""
-        return {m.label: state for m, state in self._states()}
+    def public_states(self, bounded: bool = False) -> dict[str, dict[str, Any]]:
+        """``Member.label`` → its state, for ``/ready`` and ``/metrics`` (no base URLs). ``bounded``
+        (metrics): configured routes' members, and at most MAX_LISTED others that are not closed —
+        direct ``provider/model`` names are client text, and each would be a time series."""
+        out: dict[str, dict[str, Any]] = {}
+        others = 0
+        for m, state in self._states():
+            if bounded and m not in self._member_groups:
+                if state["state"] == "closed" or others >= MAX_LISTED:
+                    continue
+                others += 1
+            out[m.label] = state
+        return out
 
     def _states(self) -> list[tuple[Member, dict[str, Any]]]:
         now = self.clock()
