@@ -218,7 +218,7 @@ def _metrics_routes(config: Config, gateway: Gateway) -> list[Route]:
     if gateway.metrics is None:
         return []
     admin = config.admin.key.reveal() if config.metrics.require_admin_key and config.admin.key else None
-    return [Route("/metrics", metrics_endpoint(gateway, gateway.metrics, admin), methods=["GET"])]
+    return [Route("/metrics", metrics_endpoint(gateway, gateway.metrics, admin, config.admin.port), methods=["GET"])]
 
 
 def _tracing(config: Config) -> Any:

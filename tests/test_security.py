@@ -193,6 +193,9 @@ def test_admin_endpoints_answer_only_on_the_admin_port(abused: dict[str, Any]) -
     r = httpx.post(abused["admin"] + "/v1/chat/completions", headers=AUTH, timeout=10,
                    json={"model": "up/gpt-4o", "messages": []})
     assert r.status_code == 404
+    assert httpx.get(abused["base"] + "/metrics", timeout=10).status_code == 404  # operators' port only
+    r = httpx.get(abused["admin"] + "/metrics", timeout=10)
+    assert r.status_code == 200 and "ccm_requests_total" in r.text
 
 
 def test_memory_stays_bounded_and_the_process_survives(abused: dict[str, Any]) -> None:

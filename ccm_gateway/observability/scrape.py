@@ -38,11 +38,15 @@ class _Families:
         return self.families
 
 
-def metrics_endpoint(gateway: Any, metrics: Metrics, admin_key: str | None):
-    """The Starlette endpoint; with ``admin_key`` it wants ``Authorization: Bearer <admin key>``."""
+def metrics_endpoint(gateway: Any, metrics: Metrics, admin_key: str | None, admin_port: int | None = None):
+    """The Starlette endpoint; with ``admin_key`` it wants ``Authorization: Bearer <admin key>``; with
+    ``admin_port`` it answers only on that listener (like the other operator endpoints)."""
     expected = ("Bearer " + admin_key).encode() if admin_key else None
 
     async def endpoint(request: Request) -> Response:
+        if admin_port is not None and (request.scope.get("server") or (None, None))[1] != admin_port:
+            return Response(b'{"error":{"message":"not found","type":"not_found_error"}}', status_code=404,
+                            media_type="application/json")
         if expected is not None:
             given = request.headers.get("authorization", "").encode()
             if not hmac.compare_digest(given, expected):
