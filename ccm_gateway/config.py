@@ -17,6 +17,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 from dotenv import dotenv_values
@@ -294,8 +295,15 @@ class Config(_Section):
     resilience: ResilienceConfig = field(default_factory=ResilienceConfig)
 
     def redacted(self) -> dict[str, Any]:
-        """A plain-data view for printing: secrets appear as their source (``env:NAME``) only."""
-        return msgspec.to_builtins(self, enc_hook=_redact)
+        """A plain-data view for printing: secrets appear as their source (``env:NAME``) only; fixed
+        provider header values (often a credential) and base-URL passwords are masked too."""
+        out = msgspec.to_builtins(self, enc_hook=_redact)
+        for provider in out.get("providers", {}).values():
+            provider["headers"] = {name: "<redacted>" for name in provider.get("headers") or {}}
+            base = provider.get("base_url")
+            if base and urlsplit(base).password:
+                provider["base_url"] = base.replace(urlsplit(base).password, "<redacted>", 1)
+        return out
 
 
 def _redact(obj: object) -> object:

@@ -181,3 +181,17 @@ targets = [{{ provider = "oai", model = "gpt-4.1" }}]
     assert statuses == [200, 401, 401]
     for secret in (OPENAI_KEY, GATEWAY_KEY, ADMIN_KEY, REDIS_PASSWORD):
         assert secret not in out, secret
+
+
+def test_provider_header_values_and_base_url_passwords_are_secrets() -> None:
+    """Fixed upstream headers often carry a second credential, and a base URL can hold one: the config
+    view masks both and the log redactor knows their values."""
+    from ccm_gateway.observability.redaction import config_secrets
+
+    config = load_config({"providers": {"p": {
+        "kind": "openai-compatible", "base_url": "http://user:url-pass-0123456@llm.internal/v1",
+        "headers": {"cf-aig-authorization": "Bearer gateway-hdr-secret-9876"}}}}, env={}, dotenv=False)
+    shown = str(config.redacted())
+    assert "gateway-hdr-secret-9876" not in shown and "url-pass-0123456" not in shown
+    assert "cf-aig-authorization" in shown and "llm.internal" in shown  # names and hosts stay readable
+    assert {"Bearer gateway-hdr-secret-9876", "url-pass-0123456"} <= set(config_secrets(config))

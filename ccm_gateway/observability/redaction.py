@@ -60,11 +60,16 @@ def register_secrets(values: Iterable[str | Secret | None]) -> None:
 
 
 def config_secrets(config: object) -> list[str]:
-    """Every secret value a Config holds: provider keys, gateway keys, the admin key, the Redis
-    URL and its password."""
+    """Every secret value a Config holds: provider keys, provider header values and base-URL
+    passwords, gateway keys, the admin key, the Redis URL and its password."""
     found: list[str] = []
     for provider in getattr(config, "providers", {}).values():
         found += [k.key.reveal() for k in provider.api_keys if k.key]
+        # Fixed upstream headers often carry a second credential (an AI gateway's auth header).
+        found += [v for v in getattr(provider, "headers", {}).values() if len(v) >= 8]
+        password = urlsplit(provider.base_url or "").password
+        if password:
+            found.append(password)
     found += [k.key.reveal() for k in getattr(config, "keys", []) if k.key]
     admin = getattr(getattr(config, "admin", None), "key", None)
     if admin:
