@@ -69,8 +69,16 @@ def nesting_exceeds(body: bytes, limit: int) -> bool:
 # Object keys inside these hold the client's own data (tool schemas, tool-call arguments), where a
 # property called ``base_url`` is legitimate; the gateway never reads them as settings.
 _USER_DATA_KEYS = frozenset({"input_schema", "parameters", "input", "properties", "schema", "arguments"})
-# A key written with \u escapes of the letters in the forbidden names (a-z, "_"): rare, checked exactly.
-_ESCAPED_LETTER = re.compile(rb"\\u00(?:5[fF]|6[1-9a-fA-F]|7[0-9aA])")
+
+
+def escapes_of(names: frozenset[str]) -> re.Pattern[bytes]:
+    """A pattern for a ``\\u`` escape of any character the forbidden names use (such a key is rare, and
+    then the body is checked exactly)."""
+    codes = sorted({ord(c) for name in names for c in name if ord(c) < 0x10000})
+    alternatives = b"|".join(re.escape(f"{code:04x}".encode()) for code in codes) or b"(?!)"
+    return re.compile(rb"\\u(?:" + alternatives + rb")", re.IGNORECASE)
+
+
 _WHITESPACE = b" \t\r\n"
 _decode_any = msgspec.json.Decoder()
 
@@ -106,12 +114,14 @@ def _found_key(value: object, names: frozenset[str]) -> str | None:
     return None
 
 
-def forbidden_key(body: bytes, names: frozenset[str], quoted: tuple[bytes, ...]) -> str | None:
+def forbidden_key(body: bytes, names: frozenset[str], quoted: tuple[bytes, ...],
+                  escaped: re.Pattern[bytes] | None = None) -> str | None:
     """The name of a forbidden object key anywhere in ``body`` (outside tool schemas and tool
     arguments), or None. Fast path: a bytes search for each quoted name — an unescaped ``"base_url"``
     followed by ``:`` can only be a key, since quotes inside JSON strings are escaped; only on such a
     hit, or when the body spells letters with ``\\u`` escapes, is the body decoded and walked."""
-    suspect = b"\\u00" in body and _ESCAPED_LETTER.search(body) is not None
+    escaped = escaped or escapes_of(names)
+    suspect = b"\\u" in body and escaped.search(body) is not None
     if not suspect:
         for needle in quoted:
             at = body.find(needle)
@@ -158,18 +168,19 @@ class RequestGuardMiddleware:
 class RequestGuard:
     """The checks of ``[requests]`` for one app; ``check`` raises InvalidRequest (400)."""
 
-    __slots__ = ("limits", "names", "quoted")
+    __slots__ = ("escaped", "limits", "names", "quoted")
 
     def __init__(self, limits: RequestsConfig) -> None:
         self.limits = limits
         self.names = frozenset(limits.forbidden_keys)
         self.quoted = tuple(b'"' + name.encode() + b'"' for name in limits.forbidden_keys)
+        self.escaped = escapes_of(self.names)
 
     def check(self, ex: Exchange) -> None:
         body, limits = ex.body, self.limits
         if nesting_exceeds(body, limits.max_depth):
             raise InvalidRequest(f"request body nests deeper than {limits.max_depth} levels")
-        if self.names and (name := forbidden_key(body, self.names, self.quoted)) is not None:
+        if self.names and (name := forbidden_key(body, self.names, self.quoted, self.escaped)) is not None:
             raise InvalidRequest(f"{name}: clients may not choose upstream URLs, headers or credentials; "
                                  "the gateway's configuration does", param=name)
         if ex.operation in ("chat", "count_tokens", "embeddings"):

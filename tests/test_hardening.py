@@ -383,3 +383,13 @@ def test_the_exchange_stages_own_refusals_carry_the_request_id(upstream: Any) ->
         assert r.status_code == 413 and r.headers["x-request-id"] == "big-1"
         r = httpx.post(gw.base_url + "/v1/chat/completions", json=big, timeout=10)
         assert r.status_code == 413 and r.headers["x-request-id"].startswith("req_")
+
+
+def test_configured_names_are_caught_when_spelled_with_escapes() -> None:
+    """Any character of a configured forbidden name written as a \\u escape sends the body to the exact
+    check (not only lower-case letters): uppercase, digits and dashes too."""
+    names = frozenset({"azureEndpoint", "x-api-key"})
+    quoted = tuple(b'"' + n.encode() + b'"' for n in names)
+    assert forbidden_key(b'{"\\u0078-api-key": "k"}', names, quoted) == "x-api-key"
+    assert forbidden_key(b'{"azure\\u0045ndpoint": "u"}', names, quoted) == "azureEndpoint"
+    assert forbidden_key(b'{"text": "caf\\u00e9 x-api-key"}', names, quoted) is None  # text, not a key
