@@ -30,6 +30,7 @@ from .errors import InvalidRequest, ModelNotFound
 from .providers.kinds import EMBEDDINGS
 from .providers.upstream import Upstream
 from .resilience.backoff import backoff
+from .resilience.breaker import PROBE
 from .resilience.health import Member
 from .resilience.outcome import Outcome, retryable
 
@@ -311,7 +312,7 @@ class Attempts:
     with ``last``'s error. Without a Health (the breaker stage is off) there is exactly one attempt."""
 
     __slots__ = ("affinity", "chain", "count", "deadline", "dialect", "excluded", "health", "in_route", "last",
-                 "policy", "position", "resolve", "tried", "tried_deployments")
+                 "policy", "position", "probe", "resolve", "tried", "tried_deployments")
 
     def __init__(self, chain: list[Route], dialect: Dialect | str, health: Health | None, policy: RetryPolicy | None,
                  affinity: str | None = None, start_at: int = 0,
@@ -329,6 +330,7 @@ class Attempts:
         self.tried_deployments: set[str] = set()
         self.excluded: set[str] = set()  # busy half-open members, rate-limited and refused credentials
         self.last: Candidate | None = None
+        self.probe = False  # the attempt in flight holds a half-open probe slot
         self.deadline = math.inf if policy is None else asyncio.get_running_loop().time() + policy.request_deadline
 
     @property
@@ -412,10 +414,12 @@ class Attempts:
     def _take(self, choice: Candidate | None) -> Candidate | None:
         if choice is None:
             return None
-        if self.health is not None and not self.health.acquire(choice.member):
+        admitted = self.health.acquire(choice.member) if self.health is not None else True
+        if not admitted:
             self.excluded.add(choice.member.id)  # its half-open probe slot is taken: another member
             pool = self._usable(self.route)
             return self._take(choose(pool, self.affinity)) if pool else None
+        self.probe = admitted is PROBE  # this attempt holds the member's half-open probe slot
         self.count += 1
         self.in_route += 1
         self.last = choice
@@ -427,15 +431,16 @@ class Attempts:
         health = self.health
         if health is None:
             return
+        probe, self.probe = self.probe, False  # only the probe's own answer settles a half-open breaker
         if outcome is Outcome.DEAD_KEY or outcome is Outcome.RATE_LIMITED:
             self.excluded.add(choice.member.id)  # not again in this request (unless its Retry-After is waited out)
             if not self._serving_left():
                 # Nothing else in its route or its fallbacks can serve: ejecting or cooling it would only
                 # turn the upstream's own 401/403/429 (with its message and reset headers) into 503s. It
                 # stays in — but a half-open probe slot it held is freed.
-                health.record(choice.member, Outcome.CANCELLED)
+                health.record(choice.member, Outcome.CANCELLED, probe=probe)
                 return
-        health.record(choice.member, outcome, retry_after)
+        health.record(choice.member, outcome, retry_after, probe=probe)
 
     def _serving_left(self) -> bool:
         """Can any member of the current route or of the fallbacks after it serve now?"""

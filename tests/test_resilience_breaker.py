@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ccm_gateway.resilience import Breaker, BreakerPolicy, State
+from ccm_gateway.resilience.breaker import PROBE
 
 from .fake_clock import FakeClock
 
@@ -241,3 +242,21 @@ def test_policy_validation() -> None:
         msgspec.convert({"cooldown": {"min": 10, "max": 5}}, ResilienceConfig)
     config = msgspec.convert({"retry": {"max_attempts": 5}}, ResilienceConfig)
     assert config.retry.max_attempts == 5 and config.breaker.consecutive_failures == 5
+
+
+def test_only_the_probes_own_answer_settles_half_open() -> None:
+    """A long request sent before the trip ends while the probe is out: its cancellation does not free
+    the probe's slot (no second probe), its success does not close the breaker, its failure does not
+    reopen it; the probe's own answer does."""
+    clock = FakeClock()
+    b, _ = make(clock, consecutive_failures=1, open_base=5, jitter=0.0, half_open_successes=1)
+    b.failure()
+    clock.advance(5)
+    assert b.try_acquire() is PROBE
+    b.release(probe=False)  # the old request was cancelled
+    assert not b.try_acquire()  # still one probe at a time
+    b.success(probe=False)
+    b.failure(probe=False)
+    assert b.state is State.HALF_OPEN
+    b.success(probe=True)
+    assert b.state is State.CLOSED and b.try_acquire() is True

@@ -26,6 +26,16 @@ class State(enum.StrEnum):
 Transition = Callable[[Hashable, State, State], None]
 
 
+class _Probe(int):
+    """True, and marks the one half-open probe (``try_acquire``'s answer)."""
+
+    def __repr__(self) -> str:
+        return "PROBE"
+
+
+PROBE = _Probe(1)
+
+
 class Breaker:
     """Trips on ``consecutive_failures`` failures in a row or a failure rate ≥ ``failure_rate`` over the
     sliding ``window`` (once it holds ``min_calls`` calls). Open for min(open_max, open_base ×
@@ -79,25 +89,31 @@ class Breaker:
         return self.state is State.HALF_OPEN and not self._probe
 
     def try_acquire(self) -> bool:
-        """Call right before sending: True if the request may go; in half-open, takes the one probe slot."""
+        """Call right before sending: True if the request may go — ``PROBE`` (also true) when it took the
+        one half-open probe slot, so its caller can say so when it reports the outcome."""
         if self._state is State.CLOSED:
             return True
         if self.state is State.HALF_OPEN and not self._probe:
             self._probe = True
-            return True
+            return PROBE
         return False
 
-    def success(self) -> None:
+    def _answers_probe(self, probe: bool | None) -> bool:
+        """Does this outcome settle the half-open probe? Only the probe's own (``probe=True``); an
+        outcome whose sender is unknown (None) when a probe is out."""
+        return self._probe if probe is None else probe and self._probe
+
+    def success(self, probe: bool | None = None) -> None:
         if self._state is State.CLOSED:  # the common case, first
             self.consecutive = 0
             self._calls.add(self._clock(), a=1)
-        elif self.state is State.HALF_OPEN and self._probe:  # no probe out: a late answer from before the trip
+        elif self.state is State.HALF_OPEN and self._answers_probe(probe):  # else a late answer from before the trip
             self._probe = False
             self.successes += 1
             if self.successes >= self.policy.half_open_successes:
                 self._close()
 
-    def failure(self, retry_after: float | None = None) -> None:
+    def failure(self, retry_after: float | None = None, probe: bool | None = None) -> None:
         state = self.state
         if state is State.CLOSED:
             self.consecutive += 1
@@ -107,14 +123,16 @@ class Breaker:
             if self.consecutive >= policy.consecutive_failures or (
                     calls.a >= policy.min_calls and calls.b >= policy.failure_rate * calls.a):
                 self.trip(retry_after)
-        elif state is State.HALF_OPEN and self._probe:
+        elif state is State.HALF_OPEN and self._answers_probe(probe):
             self._probe = False
             self._open(retry_after)
         # open, or half-open without a probe out: a late answer to a request sent before the trip changes nothing
 
-    def release(self) -> None:
-        """The attempt said nothing about health (cancelled, client error, rate limit): free the probe slot."""
-        self._probe = False
+    def release(self, probe: bool | None = None) -> None:
+        """The attempt said nothing about health (cancelled, client error, rate limit): free the probe
+        slot — if it held it (an attempt sent before the trip never frees the probe's slot)."""
+        if probe is not False:
+            self._probe = False
 
     def trip(self, retry_after: float | None = None) -> bool:
         """Open a closed breaker now (unless the ejection cap refuses); False if refused or not closed."""

@@ -116,18 +116,21 @@ class Health:
         breaker = self._breakers.get(member)
         return breaker is None or breaker.try_acquire()
 
-    def record(self, member: Member, outcome: Outcome, retry_after: float | None = None) -> None:
-        """The outcome of an attempt on ``member`` (``retry_after``: what the upstream asked, in seconds)."""
+    def record(self, member: Member, outcome: Outcome, retry_after: float | None = None,
+               probe: bool | None = None) -> None:
+        """The outcome of an attempt on ``member`` (``retry_after``: what the upstream asked, in seconds;
+        ``probe``: whether that attempt held the half-open probe slot — ``acquire`` said ``PROBE`` —
+        or None when the caller does not know)."""
         if outcome is Outcome.SUCCESS:
-            self._breaker(member).success()  # successes count in the failure-rate window from the start
+            self._breaker(member).success(probe)  # successes count in the failure-rate window from the start
         elif outcome is Outcome.FAILURE:
             if retry_after is not None:
                 retry_after = min(max(retry_after, 0.0), self.config.breaker.open_max)
-            self._breaker(member).failure(retry_after)
+            self._breaker(member).failure(retry_after, probe)
         else:
             breaker = self._breakers.get(member)
             if breaker is not None:
-                breaker.release()
+                breaker.release(probe)
             if outcome is Outcome.RATE_LIMITED:
                 self._cool(member, retry_after)
             elif outcome is Outcome.DEAD_KEY:
