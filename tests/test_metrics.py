@@ -332,7 +332,7 @@ def test_metrics_config_is_checked(upstream: MockUpstream) -> None:
 def test_in_flight_and_active_connections_during_a_stream(upstream: MockUpstream) -> None:
     app = create_app(load_config(gateway_config(upstream.base_url), env={}, dotenv=False))
     with ServerThread(app) as server, httpx.Client(timeout=10) as client:
-        body = {"model": "gpt-4.1+chunks=3+delay_ms=300", "stream": True, "messages": []}
+        body = {"model": "gpt-4.1+chunks=3+delay_ms=800", "stream": True, "messages": []}  # < idle 1 s
         with client.stream("POST", server.base_url + "/v1/chat/completions", json=body) as r:
             chunks = r.iter_bytes()
             next(chunks)  # the stream has started and is waiting for its next chunk

@@ -65,8 +65,9 @@ class ObserveMiddleware:
             raise
         finally:
             total = time.perf_counter() - started
-            if not status:  # nothing was sent: the client left first (499, as nginx logs it), or a crash
-                status = 499 if ex.client_disconnected else 500
+            if not status:  # nothing was sent: the client left first (499, as nginx logs it), the drain
+                # cancelled it at shutdown (the exchange stage answers 503), or a crash
+                status = 499 if ex.client_disconnected else 503 if error == "CancelledError" else 500
             ttft = ex.first_byte_at - loop_started if ex.stream and ex.first_byte_at is not None else None
             try:
                 if metrics is not None:
