@@ -19,7 +19,7 @@ import itertools
 import math
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -47,10 +47,10 @@ class Deployment:
     model: str
     weight: int = 1
     timeout: Timeouts | None = None  # the provider's timeouts with the route's overrides; None: the provider's
+    label: str = field(init=False, compare=False, repr=False)  # "provider/model", made once
 
-    @property
-    def label(self) -> str:
-        return f"{self.upstream.name}/{self.model}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "label", f"{self.upstream.name}/{self.model}")
 
     @property
     def timeouts(self) -> Timeouts:

@@ -9,7 +9,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .breaker import Breaker, State
@@ -34,20 +34,18 @@ class Member:
     base_url: str
     model: str
     key_index: int
+    # Derived once (the attempt schedule reads them per request): ``id`` keys the health state;
+    # ``label`` (``provider/model#k<key index>``) names the member in /ready, metrics and logs, without
+    # the base URL (it may carry credentials or name internal hosts).
+    id: str = field(init=False, compare=False, repr=False)
+    label: str = field(init=False, compare=False, repr=False)
+    credential: tuple[str, str, int] = field(init=False, compare=False, repr=False)
 
-    @property
-    def id(self) -> str:
-        return f"{self.provider}|{self.base_url}|{self.model}|k{self.key_index}"
-
-    @property
-    def credential(self) -> tuple[str, str, int]:
-        return (self.provider, self.base_url, self.key_index)
-
-    @property
-    def label(self) -> str:
-        """``provider/model#k<key index>``: the name shown in ``/ready`` and metrics, without the base
-        URL (it may carry credentials or name internal hosts)."""
-        return f"{self.provider}/{self.model}#k{self.key_index}"
+    def __post_init__(self) -> None:
+        setattr_ = object.__setattr__
+        setattr_(self, "id", f"{self.provider}|{self.base_url}|{self.model}|k{self.key_index}")
+        setattr_(self, "label", f"{self.provider}/{self.model}#k{self.key_index}")
+        setattr_(self, "credential", (self.provider, self.base_url, self.key_index))
 
 
 MAX_LISTED = 100  # members outside configured routes shown in metrics
