@@ -17,9 +17,10 @@ import pytest
 from ccm_gateway import create_app, load_config
 from ccm_gateway.mock import MockUpstream
 from ccm_gateway.observability.access_log import AccessLine
-from ccm_gateway.observability.log_format import ACCESS_LOGGER, JsonFormatter
+from ccm_gateway.observability.log_format import ACCESS_LOGGER
 
 from .conftest import CANARIES, gateway_config
+from .log_capture import json_lines
 from .servers import ServerThread
 
 KEY = "gw-access-log-key-0123456789"
@@ -37,18 +38,8 @@ def served(upstream: MockUpstream) -> Iterator[ServerThread]:
 
 @pytest.fixture
 def lines() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger(ACCESS_LOGGER)
-    old = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
+    with json_lines(logging.getLogger(ACCESS_LOGGER), logging.INFO) as stream:
         yield stream
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old)
 
 
 def line_for(stream: io.StringIO, request_id: str) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from ccm_gateway.observability.log_format import JsonFormatter
 from ccm_gateway.observability.redaction import RedactingFormatter, RedactionFilter, redact, register_secrets
 
 from .conftest import ANTHROPIC_KEY, AZURE_KEY, CANARIES, CLOSED_PORT, GEMINI_KEY, OPENAI_KEY, gateway_config
+from .log_capture import json_lines
 from .servers import ServerThread, start_gateway_process
 
 GATEWAY_KEY = "gw-canary-3d9f1b7e5a2c4680"
@@ -78,18 +79,8 @@ def test_formatters_and_filter_cover_arguments_and_tracebacks() -> None:
 @pytest.fixture
 def root_output() -> Iterator[io.StringIO]:
     """Everything every logger emits, as the served gateway writes it: JSON through the root handler."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    old_level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    try:
+    with json_lines(logging.getLogger(), logging.DEBUG) as stream:
         yield stream
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(old_level)
 
 
 def test_canaries_through_every_logger_in_process(upstream: MockUpstream, root_output: io.StringIO) -> None:
