@@ -141,7 +141,7 @@ async def run_attempts(send: Send, ex: Exchange, plan: Attempts, attempt: Callab
                     continue
                 try:
                     outcome = Outcome.SUCCESS if await call.deliver(send, opened) else Outcome.FAILURE
-                except (GatewayError, _AbortResponse):  # a JSON answer that could not be read or was cut
+                except GatewayError:  # a JSON answer that could not be read, was cut or was too large
                     outcome = Outcome.FAILURE
                     raise
                 finally:
@@ -406,10 +406,11 @@ async def relay_error_body(send: Send, ex: Exchange, upstream: Upstream, status:
 
 
 class Pipe:
-    """Writes one upstream response to the client chunk by chunk, observing usage on the way.
-    ``strip_usage``: the gateway asked an OpenAI upstream for usage the client did not want, so the
-    usage-only chunk is taken out of the stream (``streaming.UsageChunkStripper``). A stream is bounded
-    by ``idle`` between chunks (and ``stream_deadline`` when set), a JSON body by ``deadline``."""
+    """Writes one upstream response to the client, observing usage on the way: a stream chunk by chunk,
+    a JSON answer whole (``_whole``). ``strip_usage``: the gateway asked an OpenAI upstream for usage
+    the client did not want, so the usage-only chunk is taken out of the stream
+    (``streaming.UsageChunkStripper``). A stream is bounded by ``idle`` between chunks (and
+    ``stream_deadline`` when set), a JSON body by ``deadline``."""
 
     __slots__ = ("ex", "resp", "send", "strip_usage", "timeouts", "upstream")
 
@@ -425,31 +426,24 @@ class Pipe:
     async def run(self, deadline: float, chunks: AsyncIterator[bytes] | None = None,
                   first: bytes | None = None) -> bool:
         """Pipe the answer (``first``: a stream's first chunk, already read from ``chunks``); False
-        when the upstream failed after the head was sent (the client got an error event or a cut)."""
+        when a stream failed after its head was sent (the client got the dialect's error event)."""
         ex, resp, send = self.ex, self.resp, self.send
         wire = WIRE[ex.dialect]
         content_type = resp.headers.get("content-type", "application/json")
         streaming = content_type.startswith("text/event-stream")
-        limit = None if streaming else self.upstream.max_response_bytes  # hardening: [requests] max_response_bytes
-        if limit is not None and int(resp.headers.get("content-length") or 0) > limit:
-            raise UpstreamUnavailable(f"upstream {self.upstream.name} answer exceeds {limit} bytes")
+        if not streaming:
+            await self._whole(deadline, content_type)
+            return True
         headers = response_headers(ex, resp.headers)
-        headers.append((b"content-type", content_type.encode("latin-1")))
-        if streaming:
-            headers.append((b"cache-control", b"no-cache"))
+        headers += [(b"content-type", content_type.encode("latin-1")), (b"cache-control", b"no-cache")]
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
-        sniffer = UsageSniffer(wire.apply_usage, ex.usage) if streaming else None
-        stripper = UsageChunkStripper() if streaming and self.strip_usage else None
-        kept: list[bytes] | None = None if streaming else []
-        kept_size = 0
+        feed = UsageSniffer(wire.apply_usage, ex.usage).feed
+        stripper = UsageChunkStripper() if self.strip_usage else None
         last = previous = b""
         loop = asyncio.get_running_loop()
         t = self.timeouts
-        if streaming:
-            idle = t.idle
-            cap = loop.time() + t.stream_deadline if t.stream_deadline else math.inf
-        else:  # a JSON body: the attempt's deadline
-            idle, cap = t.idle, deadline
+        idle = t.idle
+        cap = loop.time() + t.stream_deadline if t.stream_deadline else math.inf
         # One loop turn per chunk, no generator in between: the first chunk (read at the commit point)
         # is taken before asking the iterator for more.
         next_chunk = (chunks if chunks is not None else aiter(resp.chunks())).__anext__
@@ -469,16 +463,7 @@ class Pipe:
                     elif now - chunk_at > gap:
                         gap = now - chunk_at
                     chunk_at = now
-                    if sniffer is not None:
-                        sniffer.feed(chunk)
-                    else:
-                        kept_size += len(chunk)
-                        if kept is not None:
-                            kept.append(chunk)
-                            if kept_size > MAX_USAGE_BODY:
-                                kept = None
-                        if limit is not None and kept_size > limit:  # hardening: 502, or cut off once started
-                            raise UpstreamUnavailable(f"upstream {self.upstream.name} answer exceeds {limit} bytes")
+                    feed(chunk)
                     previous, last = last, chunk
                     if stripper is not None:
                         chunk = stripper.feed(chunk)
@@ -487,34 +472,53 @@ class Pipe:
                     chunk = None
                     timer.reschedule(min(now + idle, cap))
         except TimeoutError:
-            await self._fail(UpstreamTimeout(f"upstream {self.upstream.name} stopped sending"), streaming)
+            await self._fail(UpstreamTimeout(f"upstream {self.upstream.name} stopped sending"))
             return False
         except aiohttp.ClientError as exc:
-            err = UpstreamUnavailable(f"upstream {self.upstream.name} connection failed ({type(exc).__name__})")
-            await self._fail(err, streaming)
+            await self._fail(UpstreamUnavailable(
+                f"upstream {self.upstream.name} connection failed ({type(exc).__name__})"))
             return False
         ex.chunk_gap = max(ex.chunk_gap, gap)
-        if streaming:
-            tail = (previous + last)[-256:]
-            if not any(end in tail for end in _ENDINGS[ex.dialect]):
-                await self._fail(UpstreamUnavailable(f"upstream {self.upstream.name} ended the stream early"), True)
-                return False
-        if kept:
-            wire.apply_usage(b"".join(kept), ex.usage)
+        tail = (previous + last)[-256:]
+        if not any(end in tail for end in _ENDINGS[ex.dialect]):
+            await self._fail(UpstreamUnavailable(f"upstream {self.upstream.name} ended the stream early"))
+            return False
         if stripper is not None and (rest := stripper.close()):
             await send({"type": "http.response.body", "body": rest, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         # An upstream error event ends an Anthropic stream "properly": overloaded/api errors still count.
-        return not streaming or b"event: error" not in tail or not any(e in tail for e in _UPSTREAM_FAULTS)
+        return b"event: error" not in tail or not any(e in tail for e in _UPSTREAM_FAULTS)
 
 
-    async def _fail(self, err: GatewayError, streaming: bool) -> None:
-        """After the head is sent a status cannot change: end an SSE stream with an error event,
-        and cut a JSON body off (the client sees a broken connection, not a truncated 200)."""
+    async def _whole(self, deadline: float, content_type: str) -> None:
+        """A JSON answer: read whole (bounded by the deadline and ``[requests] max_response_bytes``), then
+        sent with its length in one message — before anything is sent, a cut or an oversized answer is
+        still a clean 502/504, and the client gets ``content-length`` instead of chunked framing."""
+        ex, resp, upstream = self.ex, self.resp, self.upstream
+        limit = upstream.max_response_bytes
+        if int(resp.headers.get("content-length") or 0) > limit:
+            raise UpstreamUnavailable(f"upstream {upstream.name} answer exceeds {limit} bytes")
+        try:
+            async with asyncio.timeout_at(deadline):
+                body = await resp.read(limit + 1)
+        except TimeoutError:
+            raise UpstreamTimeout(f"upstream {upstream.name} did not finish its answer in time") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(f"upstream {upstream.name} connection failed ({type(exc).__name__})") \
+                from None
+        if len(body) > limit:
+            raise UpstreamUnavailable(f"upstream {upstream.name} answer exceeds {limit} bytes")
+        if ex.first_byte_at is None:
+            ex.first_byte_at = asyncio.get_running_loop().time()
+        if len(body) <= MAX_USAGE_BODY:
+            WIRE[ex.dialect].apply_usage(body, ex.usage)
+        await send_bytes(self.send, resp.status, body, response_headers(ex, resp.headers),
+                         (b"content-type", content_type.encode("latin-1")))
+
+    async def _fail(self, err: GatewayError) -> None:
+        """After the head is sent a status cannot change: end the SSE stream with an error event."""
         log.warning("upstream failure after response start: %s", err.message,
                     extra={"request_id": self.ex.request_id})
-        if not streaming:
-            raise _AbortResponse(err.message)
         await self.send({"type": "http.response.body", "body": WIRE[self.ex.dialect].error_frame(err),
                          "more_body": False})
 
@@ -524,8 +528,3 @@ async def prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[byt
     yield first
     async for chunk in rest:
         yield chunk
-
-
-class _AbortResponse(Exception):
-    """Raised to make the server drop a connection whose JSON body cannot be completed."""
-

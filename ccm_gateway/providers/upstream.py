@@ -164,6 +164,9 @@ class _AiohttpResponse:
         return self._resp.content.iter_any()
 
     async def read(self, limit: int) -> bytes:
+        length = self._resp.content_length
+        if length is not None and length < limit and self._resp.headers.get("content-encoding") is None:
+            return await self._resp.read()  # the common JSON answer: one read of a known length
         parts: list[bytes] = []
         size = 0
         async for chunk in self._resp.content.iter_any():
