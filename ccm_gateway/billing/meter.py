@@ -137,18 +137,26 @@ class Meter:
 
     # --- before the call ---------------------------------------------------------------------------
 
+    def lines_for(self, key: str | None, budget: float | None, period: str | None, team: str | None,
+                  now: float) -> list[Line]:
+        """The budget lines a request of this key is charged to at ``now`` (its own, its team's)."""
+        lines: list[Line] = []
+        if key is not None and budget is not None:
+            window, _, resets = self._period(period).window(now)
+            lines.append(Line("key:" + key, budget, window, resets))
+        team_budget = self.billing.teams.get(team) if team else None
+        if team_budget is not None:
+            window, _, resets = self._period(team_budget.budget_period).window(now)
+            lines.append(Line("team:" + str(team), team_budget.budget_usd, window, resets))
+        return lines
+
     def plan(self, ex: Exchange) -> Hold:
         principal = ex.principal
         hold = Hold(principal.name if principal is not None else ANONYMOUS,
                     principal.team if principal is not None else None)
-        now = hold.ts
-        if principal is not None and principal.budget_usd is not None:
-            window, _, resets = self._period(principal.budget_period).window(now)
-            hold.lines.append(Line("key:" + principal.name, principal.budget_usd, window, resets))
-        team = self.billing.teams.get(hold.team) if hold.team else None
-        if team is not None:
-            window, _, resets = self._period(team.budget_period).window(now)
-            hold.lines.append(Line("team:" + str(hold.team), team.budget_usd, window, resets))
+        if principal is not None:
+            hold.lines = self.lines_for(principal.name, principal.budget_usd, principal.budget_period, hold.team,
+                                        hold.ts)
         hold.prompt = prompt_estimate(ex)
         try:
             head = ex.head()

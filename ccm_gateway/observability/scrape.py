@@ -21,6 +21,8 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..billing.budgets import Line
+from ..billing.redis_budgets import keys_for
 from .metrics import Metrics, multiprocess_dir
 
 log = logging.getLogger("ccm_gateway.metrics")
@@ -123,16 +125,20 @@ async def _budgets(gateway: Any) -> Metric | None:
     """Budget left in the current window of every key and team with a budget."""
     config = gateway.config
     meter = gateway.meter
-    lines: list[tuple[str, str, float, str]] = []  # (kind, name, limit, window)
-    tags: list[str] = []  # the Redis hash tag each line's key is stored under (redis_budgets.keys_for)
     now = time.time()
+    # Each budget line with the Redis key it is stored under, built the way a request's are (a key's
+    # line shares its team's hash tag when the team has a budget).
+    lines: list[Line] = []
+    names: list[str] = []
     for key in config.keys:
         if key.budget_usd is not None:
-            lines.append(("key", key.name, key.budget_usd, meter._period(key.budget_period).window(now)[0]))
-            tags.append(f"team:{key.team}" if key.team and key.team in config.billing.teams else f"key:{key.name}")
-    for name, team in config.billing.teams.items():
-        lines.append(("team", name, team.budget_usd, meter._period(team.budget_period).window(now)[0]))
-        tags.append(f"team:{name}")
+            request_lines = meter.lines_for(key.name, key.budget_usd, key.budget_period, key.team, now)
+            lines.append(request_lines[0])
+            names.append(keys_for(request_lines)[0])
+    for name in config.billing.teams:
+        (line,) = meter.lines_for(None, None, None, name, now)
+        lines.append(line)
+        names.append(keys_for([line])[0])
     if not lines:
         return None
     gauge = GaugeMetricFamily("ccm_budget_remaining_usd", "Budget left in the current window",
@@ -140,21 +146,20 @@ async def _budgets(gateway: Any) -> Metric | None:
     store = meter.budgets
     primary = getattr(store, "primary", None)
     if primary is not None and hasattr(primary, "client") and not store.degraded:
-        spent = await _redis_spent(primary.client, [f"ccm:{{{tag}}}:budget:{kind}:{name}:{window}"
-                                                    for tag, (kind, name, _, window) in zip(tags, lines, strict=True)])
+        spent = await _redis_spent(primary.client, names)
         if spent is not None:
-            for (kind, name, limit, _), used in zip(lines, spent, strict=True):
-                gauge.add_metric([kind, name], limit - used)
+            for line, used in zip(lines, spent, strict=True):
+                gauge.add_metric(list(line.subject.split(":", 1)), line.limit - used)
         return gauge
     local = getattr(store, "fallback", store)  # in memory, or this instance's share while Redis is down
     accounts = getattr(local, "accounts", None)
     if accounts is None:
         return gauge
     share = getattr(store, "share", 1.0) if local is not store else 1.0
-    for kind, name, limit, window in lines:
-        acct = accounts.get(f"{kind}:{name}")
-        used = acct.spent + acct.reserved if acct is not None and acct.window == window else 0.0
-        gauge.add_metric([kind, name], limit * share - used)
+    for line in lines:
+        acct = accounts.get(line.subject)
+        used = acct.spent + acct.reserved if acct is not None and acct.window == line.window else 0.0
+        gauge.add_metric(list(line.subject.split(":", 1)), line.limit * share - used)
     return gauge
 
 
