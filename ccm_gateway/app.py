@@ -36,7 +36,7 @@ from .middleware import AuthMiddleware, ExchangeMiddleware, RateLimitMiddleware,
 from .middleware.auth import key_table
 from .middleware.billing import BillingMiddleware
 from .middleware.breaker import BreakerMiddleware
-from .middleware.observe import ObserveMiddleware
+from .middleware.observe import ObserveMiddleware, refusal_recorder
 from .middleware.tokens import TokenCountMiddleware
 from .observability.metrics import Metrics, multiprocess_dir
 from .observability.redaction import config_secrets, register_secrets
@@ -161,7 +161,8 @@ def create_app(
     ]
     middleware = [
         Middleware(ExchangeMiddleware, max_body_bytes=config.server.max_body_bytes, drain=gateway.drain,
-                   read_timeout=config.server.read_timeout),
+                   read_timeout=config.server.read_timeout,
+                   refused=refusal_recorder(gateway.metrics, config.logging.access)),
         Middleware(RequestIdMiddleware),
         Middleware(ObserveMiddleware, metrics=gateway.metrics, tracing=_tracing(config), access=config.logging.access),
         *_admin_stages(config, gateway),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import threading
 from collections.abc import Iterator
@@ -353,3 +354,21 @@ def test_in_flight_and_active_connections_during_a_stream(upstream: MockUpstream
         name = body["model"]  # an ad-hoc route (one of the first seen): labelled by its name
         assert value(after, "ccm_stream_chunk_gap_seconds_count", **deployment(name, "oai", name)) == 1
         assert value(after, "ccm_stream_chunk_gap_seconds_bucket", **deployment(name, "oai", name), le="0.1") == 0
+
+
+def test_refusals_before_any_stage_are_counted_and_logged(upstream: MockUpstream,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """A 413 is answered by the exchange stage before the observe stage runs: it still reaches the
+    request counter and the access log (abuse is what operators most need to see)."""
+    raw = gateway_config(upstream.base_url, max_body_bytes=1000)
+    with (ServerThread(create_app(load_config(raw, env={}, dotenv=False))) as server,
+          caplog.at_level(logging.INFO, logger="ccm_gateway.access")):
+        big = {"model": "gpt-4.1", "messages": [{"role": "user", "content": "x" * 5000}]}
+        r = httpx.post(server.base_url + "/v1/chat/completions", json=big, timeout=10,
+                       headers={"x-request-id": "too-big-1"})
+        assert r.status_code == 413
+        found = samples(httpx.get(server.base_url + "/metrics", timeout=10).text)
+    none = {"route": "none", "provider": "none", "model": "none"}
+    assert value(found, "ccm_requests_total", **none, dialect="openai_chat", status="413") == 1
+    lines = [json.loads(rec.getMessage()) for rec in caplog.records if rec.name == "ccm_gateway.access"]
+    assert [(line["request_id"], line["status"]) for line in lines] == [("too-big-1", 413)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from ..dialects import Dialect
@@ -62,11 +63,13 @@ class ExchangeMiddleware:
     seconds the whole body may take to arrive (408 after)."""
 
     def __init__(self, app: ASGIApp, max_body_bytes: int = 32 * 1024 * 1024, drain: Any = None,
-                 read_timeout: float | None = None) -> None:
+                 read_timeout: float | None = None,
+                 refused: Callable[[Exchange, Scope, int, str], None] | None = None) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.drain = drain
         self.read_timeout = read_timeout
+        self.refused = refused  # told of the refusals made here, before later stages (metrics, access log) ran
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         dialect = dialect_for(scope) if scope["type"] == "http" else None
@@ -88,11 +91,13 @@ class ExchangeMiddleware:
 
         ending = self.drain
         task = ending.enter() if ending is not None else None
+        inside = False  # the later stages are running (they observe their own outcome)
         try:
             if ending is not None and ending.over:
                 raise ServiceUnavailable("the gateway is shutting down; retry the request")
             if scope["method"] == "POST":
                 ex.body = await read_body_within(scope, receive, self.max_body_bytes, self.read_timeout)
+            inside = True
             await self.app(scope, receive, send_tracked)
         except asyncio.CancelledError:
             if task is None or not ending.ended(task):
@@ -104,6 +109,8 @@ class ExchangeMiddleware:
             if isinstance(err, RequestTooLarge):
                 await drain(receive)  # before answering: the server stops reading once we have answered
             await send_error(send, err, dialect, ex.request_id)
+            if not inside and self.refused is not None:
+                self.refused(ex, scope, err.status_for(dialect), type(err).__name__)
         except Exception:
             if started:
                 raise

@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import GatewayError, RateLimited
-from ..exchange import exchange_of
+from ..exchange import Exchange, exchange_of
 from ..observability.access_log import access_line
 from ..observability.log_format import ACCESS_LOGGER
 from ..observability.metrics import Metrics
@@ -79,3 +80,16 @@ class ObserveMiddleware:
                 if token is not None:
                     tracing.end(ex, token, status, error)
 
+
+
+def refusal_recorder(metrics: Metrics | None, access: bool) -> Callable[[Exchange, Scope, int, str], None]:
+    """For the exchange stage's own refusals (413, 408, shutting down), made before this stage runs:
+    counted and logged like any other request."""
+    def record(ex: Exchange, scope: Scope, status: int, error: str) -> None:
+        total = time.perf_counter() - ex.started_at
+        if metrics is not None:
+            metrics.record(ex, status, total, None, False)
+        if access and access_log.isEnabledFor(logging.INFO):
+            access_log.info(access_line(ex, scope, status, total, None, error))
+
+    return record
