@@ -78,14 +78,15 @@ def test_json_answer_line(served: ServerThread, lines: io.StringIO, upstream: Mo
 def test_stream_and_translated_lines(served: ServerThread, lines: io.StringIO) -> None:
     client = openai.OpenAI(base_url=served.base_url + "/v1", api_key=KEY, max_retries=0)
     stream = client.chat.completions.with_raw_response.create(
-        model="gpt-4.1+chunks=4+delay_ms=30", stream=True, messages=[{"role": "user", "content": "hi"}])
+        model="gpt-4.1+chunks=4+delay_ms=200", stream=True, messages=[{"role": "user", "content": "hi"}])
     request_id = stream.headers["x-request-id"]
     assert request_id.startswith("req_")
     list(stream.parse())
     line = line_for(lines, request_id)
     assert line["stream"] is True and line["status"] == 200
     assert 0 < line["ttft_ms"] <= line["latency_ms"]
-    assert line["max_chunk_gap_ms"] >= 20  # the mock waits 30 ms between chunks
+    # The mock waits 200 ms between chunks (long enough that a busy test process does not read two at once).
+    assert line["max_chunk_gap_ms"] >= 100
     assert line["tokens"]["output"] > 0
     ant = anthropic.Anthropic(base_url=served.base_url, api_key=KEY, max_retries=0)
     raw = ant.messages.with_raw_response.create(model="gpt-4.1", max_tokens=20,
