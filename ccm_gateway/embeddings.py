@@ -25,14 +25,12 @@ from .providers.upstream import Upstream, UpstreamResponse
 from .proxy import (
     MAX_ERROR_BODY,
     Opened,
-    Pipe,
+    PassThrough,
     redact_credentials,
-    relay_error_body,
     response_headers,
     run_attempts,
     send_options,
     until_disconnect,
-    upstream_headers,
 )
 from .resilience.policy import ResilienceConfig
 from .responses import send_bytes
@@ -70,31 +68,20 @@ class EmbeddingsEndpoint:
         await until_disconnect(run_attempts(send, ex, plan, attempt, EMBEDDINGS), receive, ex)
 
 
-class PassThroughEmbeddings:
-    """One attempt at an OpenAI-shaped embeddings endpoint: the client's bytes with the model renamed."""
-
-    stream = False
-    op = EMBEDDINGS
+class PassThroughEmbeddings(PassThrough):
+    """One attempt at an OpenAI-shaped embeddings endpoint: the client's bytes with the model renamed
+    (sent, relayed and piped like a chat pass-through; usage: prompt_tokens → ex.usage.input)."""
 
     def __init__(self, scope: Scope, ex: Exchange, choice: Candidate, head: EmbeddingsHead) -> None:
         deployment = choice.deployment
-        self.scope, self.ex, self.key = scope, ex, choice.key
-        self.upstream = deployment.upstream
+        self.scope, self.ex, self.upstream, self.deployment = scope, ex, deployment.upstream, deployment
+        self.key = choice.key
         self.model = deployment.model
+        self.op = EMBEDDINGS
+        self.stream = self.strip_usage = False
         self.timeouts = deployment.timeouts
         self.send_options = send_options(deployment)
         self.body = head.body_for(deployment.model, ex.body)
-
-    def headers(self) -> dict[str, str]:
-        headers = upstream_headers(self.scope, self.ex, self.upstream)
-        headers.update(self.upstream.auth_headers(self.key))
-        return headers
-
-    async def relay(self, send: Send, failure: Failure) -> None:
-        await relay_error_body(send, self.ex, self.upstream, failure.status or 500, failure.headers, failure.body)
-
-    async def deliver(self, send: Send, opened: Opened) -> bool:  # usage: prompt_tokens → ex.usage.input
-        return await Pipe(self.ex, self.upstream, opened.resp, send, False, self.timeouts).run(opened.deadline)
 
 
 class GeminiEmbeddings(PassThroughEmbeddings):
