@@ -47,6 +47,7 @@ def test_openai_sdk_non_streaming(oai: openai.OpenAI, upstream: MockUpstream) ->
     assert body["model"] == "gpt-4.1-2025-04-14"  # only the model name was rewritten
     assert body["messages"] == [{"role": "user", "content": "ping one"}]
     assert sent.headers["authorization"] == f"Bearer {OPENAI_KEY}"  # the provider key, not the client's
+    assert sent.headers["user-agent"].startswith("ccm-gateway/")  # ours, not the client SDK's
     request_id = raw.headers["x-request-id"]
     assert sent.headers["x-request-id"] == request_id
     assert raw.headers["x-upstream-request-id"].startswith("req-mock")

@@ -108,8 +108,6 @@ class Upstream:
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=None, connect=self.timeout.connect,
                                           sock_connect=self.timeout.connect),
-            headers={"user-agent": USER_AGENT},
-            skip_auto_headers=("User-Agent",),
             auto_decompress=True,
             trust_env=False,  # never route credentials through an environment-chosen proxy
         )
@@ -134,6 +132,9 @@ class Upstream:
             await self.start()
         assert self._session is not None
         url = self.url(op, model, stream)
+        # Ours unless the provider's config sets one. Given per request, not as the session's default
+        # with skip_auto_headers: aiohttp merges those into a new header dict on every request.
+        headers.setdefault("user-agent", USER_AGENT)
         loop = asyncio.get_running_loop()
         wait = deadline - loop.time()
         if stream:
