@@ -7,12 +7,15 @@ own fields. Requests outside the API (health, readiness) carry no Exchange, and 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from .dialects import Dialect
 
 STATE_KEY = "ccm"
+
+Message = dict[str, Any]
+Send = Callable[[Message], Awaitable[None]]
 
 
 USAGE_FIELDS = ("input", "cache_read", "cache_write", "output", "reasoning")
@@ -60,6 +63,7 @@ class Exchange:
 
     __slots__ = (
         "_head",
+        "_hooks",
         "attempts",
         "body",
         "chunk_gap",
@@ -77,6 +81,7 @@ class Exchange:
         "route",
         "span",
         "started_at",
+        "status",
         "stream",
         "token_estimate",
         "trace_headers",
@@ -110,6 +115,31 @@ class Exchange:
         self.span: Any = None  # the request's OpenTelemetry span, when tracing is on
         self.trace_headers: Any = ()  # ``traceparent`` for upstream calls when [tracing] propagate is on
         self._head: Any = None
+        self.status = 0  # of the response head once it is sent (0: nothing sent yet)
+        self._hooks: list[Callable[[Message], None]] | None = None
+
+    def on_response_start(self, hook: Callable[[Message], None]) -> None:
+        """Have ``hook`` amend the response head (add or replace headers) before it leaves.
+
+        The stages that only add headers register a hook instead of wrapping ``send``: one wrapper
+        (``sender``) serves the whole chain, rather than a coroutine per stage for every message —
+        every chunk of a stream. Hooks run innermost stage first, as nested wrappers would."""
+        if self._hooks is None:
+            self._hooks = []
+        self._hooks.append(hook)
+
+    def sender(self, send: Send) -> Send:
+        """``send`` that records the status and runs the hooks on the response head (the exchange
+        stage wraps the server's ``send`` with it, once per request)."""
+        async def send_with_hooks(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self.status = message["status"]
+                if self._hooks:
+                    for hook in reversed(self._hooks):
+                        hook(message)
+            await send(message)
+
+        return send_with_hooks
 
     def head(self) -> Any:
         """The request's model, stream flag and raw fields (a ``dialects.head.RequestHead``), decoded

@@ -268,7 +268,8 @@ def call(stage: RateLimitMiddleware, scope: dict) -> list[dict]:
     async def receive() -> dict:
         return {"type": "http.disconnect"}
 
-    run(stage(scope, receive, send))
+    # the exchange stage's sender: it runs the stages' response-head hooks
+    run(stage(scope, receive, scope["state"]["ccm"].sender(send)))
     return sent
 
 

@@ -12,6 +12,7 @@ exactly one attempt.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 from ..errors import GatewayError, ServiceUnavailable
 from ..exchange import Exchange, exchange_of
@@ -41,7 +42,8 @@ class BreakerMiddleware:
             raise ServiceUnavailable(
                 f"every deployment of model '{ex.model}' is unavailable right now (circuit open or cooling down)",
                 headers={"retry-after": str(max(1, math.ceil(wait))), "x-should-retry": "false"})
-        await self.app(scope, receive, _Tagged(send, ex))
+        ex.on_response_start(partial(add_tags, ex))
+        await self.app(scope, receive, send)
 
     def blocked(self, ex: Exchange) -> float | None:
         """Seconds until a member can serve when none of the route's and its fallbacks' can now."""
@@ -55,19 +57,9 @@ class BreakerMiddleware:
         return blocked_for(chain, ex.dialect if ex.operation == "chat" else EMBEDDINGS, self.health)
 
 
-class _Tagged:
-    """The send wrapper that adds what happened to the response head."""
-
-    __slots__ = ("ex", "send")
-
-    def __init__(self, send: Send, ex: Exchange) -> None:
-        self.send = send
-        self.ex = ex
-
-    async def __call__(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
-            message["headers"] = [*message.get("headers", ()), *tags(self.ex, message["status"])]
-        await self.send(message)
+def add_tags(ex: Exchange, message: Message) -> None:
+    """What happened, on the response head (run when it leaves: the attempts are over by then)."""
+    message["headers"] = [*message.get("headers", ()), *tags(ex, message["status"])]
 
 
 def tags(ex: Exchange, status: int) -> list[tuple[bytes, bytes]]:

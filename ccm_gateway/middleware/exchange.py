@@ -82,13 +82,6 @@ class ExchangeMiddleware:
         # carry the id; the request-id stage returns it on every other answer.
         ex.request_id = client_request_id(scope) or new_request_id()
         scope.setdefault("state", {})[STATE_KEY] = ex
-        started = False
-
-        async def send_tracked(message: dict[str, Any]) -> None:
-            nonlocal started
-            started = True
-            await send(message)
-
         ending = self.drain
         task = ending.enter() if ending is not None else None
         inside = False  # the later stages are running (they observe their own outcome)
@@ -98,13 +91,13 @@ class ExchangeMiddleware:
             if scope["method"] == "POST":
                 ex.body = await read_body_within(scope, receive, self.max_body_bytes, self.read_timeout)
             inside = True
-            await self.app(scope, receive, send_tracked)
+            await self.app(scope, receive, ex.sender(send))
         except asyncio.CancelledError:
             if task is None or not ending.ended(task):
                 raise
-            await ended_by_shutdown(send, ex, started)
+            await ended_by_shutdown(send, ex, ex.status != 0)
         except GatewayError as err:
-            if started:
+            if ex.status:
                 raise
             if isinstance(err, RequestTooLarge):
                 await drain(receive)  # before answering: the server stops reading once we have answered
@@ -112,7 +105,7 @@ class ExchangeMiddleware:
             if not inside and self.refused is not None:
                 self.refused(ex, scope, err.status_for(dialect), type(err).__name__)
         except Exception:
-            if started:
+            if ex.status:
                 raise
             log.exception("unhandled error", extra={"request_id": ex.request_id})
             err = GatewayError(f"internal gateway error (request {ex.request_id or 'unknown'})")

@@ -11,7 +11,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 from ..errors import GatewayError, RateLimited
 from ..exchange import Exchange, exchange_of
@@ -39,25 +38,18 @@ class ObserveMiddleware:
             return
         started = time.perf_counter()
         loop_started = asyncio.get_running_loop().time()
-        status = 0  # until the response head is sent
+        status = 0  # until the response head is sent (the exchange stage's sender records it)
         error: str | None = None
         limited = False
-
-        async def send_observed(message: dict[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
         metrics, tracing = self.metrics, self.tracing
         token = tracing.start(ex, scope) if tracing is not None else None
         if metrics is not None:
             metrics.in_flight.inc()
         try:
-            await self.app(scope, receive, send_observed)
+            await self.app(scope, receive, send)
         except GatewayError as err:  # answered by the exchange stage, outside this one
             error = type(err).__name__
-            if not status:
+            if not ex.status:
                 status = err.status_for(ex.dialect)
             limited = isinstance(err, RateLimited) and ex.attempts == 0  # the gateway's limit, not an upstream's
             raise
@@ -66,6 +58,7 @@ class ObserveMiddleware:
             raise
         finally:
             total = time.perf_counter() - started
+            status = ex.status or status
             if not status:  # nothing was sent: the client left first (499, as nginx logs it), the drain
                 # cancelled it at shutdown (the exchange stage answers 503), or a crash
                 status = 499 if ex.client_disconnected else 503 if error == "CancelledError" else 500

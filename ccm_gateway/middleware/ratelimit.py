@@ -78,13 +78,12 @@ class RateLimitMiddleware:
             raise RateLimited(_message(admission.retry_after), headers=_retry_headers(admission.retry_after, headers))
         ours = limit_headers(kinds, admission)
 
-        async def send_with_limits(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [h for h in message.get("headers", ()) if not h[0].startswith(_PREFIX)] + ours
-            await send(message)
+        def add_limits(message: dict[str, Any]) -> None:  # ours replace an upstream's
+            message["headers"] = [h for h in message.get("headers", ()) if not h[0].startswith(_PREFIX)] + ours
 
+        ex.on_response_start(add_limits)
         try:
-            await self.app(scope, receive, send_with_limits)
+            await self.app(scope, receive, send)
         finally:
             adjust = settlement(ex, rates, kinds, reserved)
             if adjust or slots:

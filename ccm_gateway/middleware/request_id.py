@@ -60,17 +60,15 @@ class RequestIdMiddleware:
             ex.request_id = client_request_id(scope) or new_request_id()
         value = ex.request_id.encode()
 
-        async def send_with_id(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                headers = message.setdefault("headers", [])
-                for name, _ in headers:
-                    if name == _HEADER:
-                        break
-                else:
-                    message["headers"] = [*headers, (_HEADER, value)]
-            await send(message)
+        def add_id(message: dict[str, Any]) -> None:
+            headers = message.setdefault("headers", [])
+            for name, _ in headers:
+                if name == _HEADER:
+                    return
+            message["headers"] = [*headers, (_HEADER, value)]
 
-        await self.app(scope, receive, send_with_id)
+        ex.on_response_start(add_id)
+        await self.app(scope, receive, send)
 
 
 def client_request_id(scope: Scope) -> str | None:
