@@ -57,6 +57,7 @@ class ServerConfig(_Section):
     keep_alive_timeout: Positive = 75.0
     read_timeout: Positive = 60.0  # seconds a request body may take to arrive, else 408 (slow-body slowloris)
     max_header_bytes: PositiveInt = 64 * 1024  # an HTTP/1.1 request head larger than this is refused
+    gc_threshold: Annotated[int, Meta(ge=0)] = 10_000  # standalone server: GC generation-0 threshold (0: Python's)
 
 
 class Timeouts(_Section):
