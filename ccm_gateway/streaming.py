@@ -40,11 +40,26 @@ class UsageSniffer:
         if self._compact is None and cut:
             self._compact = b'": ' not in data and b'", "' not in data
         if cut and (_COMPACT in data if self._compact else carries_usage_object(data)):
-            for line in data[:cut].split(b"\n"):
-                if line.startswith(b"data:") and carries_usage_object(line):
-                    self._apply(line[5:], self._usage)
+            for start, end in _lines_with(data, cut, (_COMPACT,) if self._compact else (_COMPACT, _SPACED)):
+                if data.startswith(b"data:", start):
+                    self._apply(data[start + 5:end], self._usage)
         tail = data[cut:]
         self._tail = tail if len(tail) <= _MAX_LINE else b""
+
+
+def _lines_with(data: bytes, cut: int, needles: tuple[bytes, ...]) -> list[tuple[int, int]]:
+    """(start, end) of each complete line (before ``cut``) holding one of ``needles``, in stream order:
+    found with C-speed searches, so a read that holds a whole stream (a fast upstream's fifty events
+    arrive at once) costs a few searches, not a test of every line."""
+    spans: set[tuple[int, int]] = set()
+    for needle in needles:
+        at = data.find(needle, 0, cut)
+        while at >= 0:
+            start = data.rfind(b"\n", 0, at) + 1
+            end = data.find(b"\n", at, cut)
+            spans.add((start, end))
+            at = data.find(needle, end, cut)
+    return sorted(spans)
 
 
 class SSEParser:
