@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format bench bench-full bench-peers profile soak check-config clean redis-server
+.PHONY: install run test lint format bench bench-full bench-peers bench-instructions profile soak check-config clean redis-server
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ bench-full: $(BENCH_STAMP) ## every scenario, longer runs, RSS over 10k requests
 bench-peers: $(BENCH_STAMP) ## also measure the LiteLLM proxy (installed into .venv-peers) on the same mock
 	test -x .venv-peers/bin/litellm || ($(PYTHON) -m venv .venv-peers && .venv-peers/bin/pip install --quiet 'litellm[proxy]')
 	$(BIN)/python -m benchmarks.runner --peers .venv-peers/bin/litellm $(BENCH_ARGS)
+
+bench-instructions: $(BENCH_STAMP) ## instructions per request (valgrind callgrind): bare proxy vs gateway, noise-free
+	@command -v valgrind >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null; }
+	$(BIN)/python -m benchmarks.instructions $(BENCH_ARGS)
 
 profile: $(BENCH_STAMP) ## py-spy flame graph of the gateway under streaming load → benchmarks/results/profile.svg
 	$(BIN)/python -m benchmarks.profile
