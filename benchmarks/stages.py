@@ -82,11 +82,16 @@ def load_config_text(text: str) -> Any:
         return load_config(path)
 
 
-async def run(apps: dict[str, Any], requests: int, rounds: int, concurrency: int = 1) -> dict[str, float]:
+async def run(apps: dict[str, Any], requests: int, rounds: int, concurrency: int = 1,
+              stream: bool = False) -> dict[str, float]:
     """Best µs of CPU per request of each app over ``rounds`` rounds of ``requests`` sequential
     requests; the apps take turns within a round, so a load change on the machine hits them alike."""
-    body = msgspec.json.encode({"model": "up/m", "messages": [{"role": "user", "content": "hello"}]})
-    bare_body = msgspec.json.encode({"model": "m", "messages": [{"role": "user", "content": "hello"}]})
+    ask: dict[str, Any] = {"messages": [{"role": "user", "content": "hello"}]}
+    if stream:  # the benchmark's streaming scenario: 50 text chunks, usage asked for
+        ask.update(stream=True, stream_options={"include_usage": True})
+    directives = "+chunks=50" if stream else ""
+    body = msgspec.json.encode({"model": "up/m" + directives, **ask})
+    bare_body = msgspec.json.encode({"model": "m" + directives, **ask})
     headers = [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
                (b"content-length", str(len(body)).encode()), (b"authorization", f"Bearer {BENCH_KEY}".encode()),
                (b"user-agent", b"bench")]
@@ -151,6 +156,7 @@ def main() -> None:
     parser.add_argument("--upstream", action="store_true", help="real endpoints, mock upstream process, bare app")
     parser.add_argument("--concurrency", type=int, default=1, help="requests in flight at once")
     parser.add_argument("--apps", default="bare,core,full", help="which of bare, core, full to run (--upstream)")
+    parser.add_argument("--stream", action="store_true", help="streamed answers of 50 chunks (--upstream)")
     args = parser.parse_args()
     try:
         import uvloop  # the server's loop
@@ -168,7 +174,7 @@ def main() -> None:
             wanted = args.apps.split(",")
             apps = {"bare": bare(url)} if "bare" in wanted else {}
             apps.update({chain: build(chain, url) for chain in ("core", "full") if chain in wanted})
-            results = asyncio.run(run(apps, args.requests, args.rounds, args.concurrency))
+            results = asyncio.run(run(apps, args.requests, args.rounds, args.concurrency, args.stream))
         finally:
             procs.stop()
     for chain, us in results.items():

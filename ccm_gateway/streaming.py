@@ -14,6 +14,7 @@ from .exchange import Usage
 _COMPACT = b'"usage":{'
 _SPACED = b'"usage": {'
 _MAX_LINE = 4 * 1024 * 1024  # an event line longer than this is not worth keeping for usage
+_STYLE_PROBE = 2048  # bytes of the first read that tell compact JSON from Python's ": " style
 
 
 def carries_usage_object(data: bytes) -> bool:
@@ -37,9 +38,11 @@ class UsageSniffer:
     def feed(self, chunk: bytes) -> None:
         data = self._tail + chunk if self._tail else chunk
         cut = data.rfind(b"\n") + 1
-        if self._compact is None and cut:
-            self._compact = b'": ' not in data and b'", "' not in data
-        if cut and (_COMPACT in data if self._compact else carries_usage_object(data)):
+        if cut:
+            if self._compact is None:  # the style shows in the first event; a whole stream may be one read
+                head = data[:_STYLE_PROBE]
+                self._compact = b'": ' not in head and b'", "' not in head
+            # One scan of the read (two for spaced JSON): the lines holding a usage object, if any.
             for start, end in _lines_with(data, cut, (_COMPACT,) if self._compact else (_COMPACT, _SPACED)):
                 if data.startswith(b"data:", start):
                     self._apply(data[start + 5:end], self._usage)
