@@ -29,6 +29,7 @@ import msgspec
 from ccm_gateway.app import create_app
 from ccm_gateway.config import load_config
 from ccm_gateway.exchange import exchange_of
+from ccm_gateway.middleware.endpoints import EndpointDispatch
 
 from .runner import BENCH_KEY, Processes, gateway_config
 
@@ -58,9 +59,10 @@ def build(chain: str, upstream: str = "") -> Any:
     config = load_config_text(gateway_config(upstream or "http://127.0.0.1:9", 1, chain))
     app = create_app(config)
     if not upstream:
-        for route in app.routes:
-            if getattr(route, "path", "") == "/v1/chat/completions":
-                route.app = fake_chat
+        app.middleware_stack = stage = app.build_middleware_stack()
+        while not isinstance(stage, EndpointDispatch):  # the innermost stage dispatches the endpoints
+            stage = stage.app
+        stage.endpoints["/v1/chat/completions"] = fake_chat
     return app
 
 

@@ -36,6 +36,7 @@ from .middleware import AuthMiddleware, ExchangeMiddleware, RateLimitMiddleware,
 from .middleware.auth import key_table
 from .middleware.billing import BillingMiddleware
 from .middleware.breaker import BreakerMiddleware
+from .middleware.endpoints import EndpointDispatch
 from .middleware.observe import ObserveMiddleware, refusal_recorder
 from .middleware.tokens import TokenCountMiddleware
 from .observability.metrics import Metrics, multiprocess_dir
@@ -147,12 +148,15 @@ def create_app(
     resilience = config.resilience if config.resilience.enabled else None
     chat = ChatEndpoint(gateway.router, resilience)
     counting = CountTokensEndpoint(gateway.router, gateway.counter)
+    posts = {  # dispatched by EndpointDispatch; also routes, for the router's 405s and the route list
+        "/v1/chat/completions": chat,
+        "/v1/messages": chat,
+        "/v1/messages/count_tokens": counting,
+        "/v1/chat/completions/count_tokens": counting,
+        "/v1/embeddings": EmbeddingsEndpoint(gateway.router, resilience),
+    }
     routes = [
-        Route("/v1/chat/completions", chat, methods=["POST"]),
-        Route("/v1/messages", chat, methods=["POST"]),
-        Route("/v1/messages/count_tokens", counting, methods=["POST"]),
-        Route("/v1/chat/completions/count_tokens", counting, methods=["POST"]),
-        Route("/v1/embeddings", EmbeddingsEndpoint(gateway.router, resilience), methods=["POST"]),
+        *(Route(path, endpoint, methods=["POST"]) for path, endpoint in posts.items()),
         Route("/v1/models", _models(gateway), methods=["GET"]),
         Route("/health", _health, methods=["GET"]),
         Route("/ready", _ready(gateway), methods=["GET"]),
@@ -171,6 +175,7 @@ def create_app(
           if config.resilience.enabled else []),
         *([Middleware(BillingMiddleware, meter=gateway.meter)] if config.billing.enabled else []),
         *middleware,
+        Middleware(EndpointDispatch, endpoints=posts),
     ]
     app = Starlette(routes=routes, middleware=middleware, lifespan=gateway.lifespan)
     app.state.gateway = gateway

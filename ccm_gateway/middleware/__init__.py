@@ -1,9 +1,11 @@
 """The gateway's stages, each a pure ASGI middleware usable on its own.
 
 A stage acts on requests that carry an Exchange (``exchange_of(scope)``) and lets every other
-request by. Order in the default chain: ExchangeMiddleware (outermost) → RequestIdMiddleware → AuthMiddleware →
-RateLimitMiddleware → BillingMiddleware → (breaker: a later issue) → the endpoints (the token-count stage
-sits before the rate limits; ``usage_api.UsageEndpoint`` before auth).
+request by. Order in the default chain (``app.create_app``): ExchangeMiddleware (outermost) →
+RequestIdMiddleware → ObserveMiddleware → the admin and usage endpoints → AuthMiddleware →
+RequestGuardMiddleware → TokenCountMiddleware → RateLimitMiddleware → BreakerMiddleware →
+BillingMiddleware → your own stages → EndpointDispatch (API ``POST``s straight to their endpoints;
+everything else to Starlette's router).
 """
 
 from .auth import AuthMiddleware, Principal
