@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import lzma
+import random
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from tiktoken_ext import openai_public
 from ccm_gateway import create_app, load_config
 from ccm_gateway.mock import MockUpstream, replies
 from ccm_gateway.tokens import TokenCounter, counting, encoding_for_model, encodings, get_encoding
+from ccm_gateway.tokens.bpe import BytePairCounter
 
 from .conftest import gateway_config
 from .servers import ServerThread
@@ -59,18 +61,75 @@ def body(**fields: object) -> bytes:
     return msgspec.json.encode(fields)
 
 
-def test_bundled_encodings_equal_tiktokens_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # tiktoken's documented offline cache, filled with our bundled files: tiktoken itself checks them
-    # against its SHA-256 digests and builds the encodings with its own split patterns.
+@pytest.fixture(scope="module")
+def tiktoken_encodings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tiktoken.Encoding]:
+    """tiktoken itself, the reference: its documented offline cache filled with our bundled files, which
+    tiktoken checks against its SHA-256 digests, and its own split patterns."""
+    cache = tmp_path_factory.mktemp("tiktoken-cache")
     for name, url in URLS.items():
         raw = lzma.decompress((encodings.DATA / f"{name}.tiktoken.xz").read_bytes())
-        (tmp_path / hashlib.sha1(url.encode()).hexdigest()).write_bytes(raw)
-    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
-    for name in URLS:
-        reference = tiktoken.Encoding(**openai_public.ENCODING_CONSTRUCTORS[name]())
+        (cache / hashlib.sha1(url.encode()).hexdigest()).write_bytes(raw)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TIKTOKEN_CACHE_DIR", str(cache))
+        return {name: tiktoken.Encoding(**openai_public.ENCODING_CONSTRUCTORS[name]()) for name in URLS}
+
+
+def varied_corpus() -> list[str]:
+    """Code, prose, every script's letters and digits, whitespace and digit runs, emoji sequences,
+    special-token text, lone surrogates, and random code points from every plane."""
+    rnd = random.Random(7)
+    files = sorted(Path(__file__).resolve().parent.parent.glob("ccm_gateway/**/*.py"))[:40]
+    texts = [f.read_text() for f in files] + [f.read_text() for f in sorted(Path(__file__).parent.glob("*.py"))[:10]]
+    pools = [" \t\n\r\x0b\x0c\x1c\x1f\x85\xa0\u1680\u2000\u2028\u2029\u202f\u3000",
+             "0123456789\u0660\u0661\u0968\u0969\u0e57\u07c0",  # digits of several scripts
+             "abcXYZéÉß\u017f\u01c5\u01c8\ufb01'\u2019sStTlLdD", "日本語中文한국어ภาษาไทยالعربيةעבריתрусскийΕλληνικά",
+             "😀👍🏽👨‍👩‍👧‍👦🇺🇸\u200d\ufe0f\u0301\u20dd", "!@#$%^&*()[]{}<>/\\|`~-_=+;:,.?\"'",
+             "<|endoftext|><|endofprompt|>", "\ud800\udfff", "\u0558\U0001e6c0\U0003d000\u13c0\u2126"]
+    planes = ((0x20, 0x7E), (0xA0, 0xD7FF), (0xE000, 0xFFFF), (0x10000, 0x10FFFF))
+    for _ in range(1500):
+        texts.append("".join("".join(rnd.choice(pool) for _ in range(rnd.choice((1, 2, 3, 5, 8, 20))))
+                             for pool in rnd.choices(pools, k=rnd.randint(1, 40))))
+        texts.append("".join(chr(rnd.randint(*rnd.choice(planes))) for _ in range(rnd.randint(1, 40))))
+    for width in range(1, 120, 7):
+        for ws in (" ", "\t", "\n", " \n", "\r\n", "  \n\n"):
+            texts += ["x" + ws * width + "y", ws * width, "1" * width + ws + "2" * (width % 13)]
+    return [*CORPUS, *texts]
+
+
+@pytest.mark.parametrize("name", list(URLS))
+def test_counts_equal_tiktokens_on_a_varied_corpus(name: str, tiktoken_encodings: dict[str, tiktoken.Encoding]) -> None:
+    reference, ours = tiktoken_encodings[name], get_encoding(name)
+    for text in varied_corpus():
+        assert ours.count(text) == len(reference.encode(text, disallowed_special=())), text[:80]
+        assert ours.count(text) == len(reference.encode(text, disallowed_special=())), text[:80]  # from the memo
+
+
+# Each code point between letters and before a contraction and digits: the contexts in which the split
+# depends on whether it is a letter, a mark, a number or neither (and on which Unicode version says so).
+PLANES = [(name, lo) for name in URLS for lo in range(0, 0x30000 if name == "cl100k_base" else 0x110000, 0x20000)]
+
+
+@pytest.mark.parametrize(("name", "lo"), PLANES)
+def test_counts_equal_tiktokens_for_every_code_point(name: str, lo: int,
+                                                    tiktoken_encodings: dict[str, tiktoken.Encoding]) -> None:
+    reference, ours = tiktoken_encodings[name], get_encoding(name)
+    for start in range(lo, min(lo + 0x20000, 0x110000), 0x1000):
+        chars = (chr(cp) for cp in range(start, min(start + 0x1000, 0x110000)) if not 0xD800 <= cp <= 0xDFFF)
+        text = "".join(f"x{ch}'s{ch}1 " for ch in chars)
+        assert ours.count(text) == len(reference.encode(text, disallowed_special=())), hex(start)
+
+
+def test_ranks_are_tiktokens(tiktoken_encodings: dict[str, tiktoken.Encoding]) -> None:
+    for name, reference in tiktoken_encodings.items():
         ours = get_encoding(name)
-        for text in CORPUS:
-            assert ours.encode(text, disallowed_special=()) == reference.encode(text, disallowed_special=())
+        for rank in (0, 255, 256, 1000, 50_000, 99_999, reference.max_token_value - 300):
+            assert ours.rank(reference.decode_single_token_bytes(rank)) == rank
+        assert ours.rank(b"not one token at all, surely") is None
+
+
+def test_a_ranks_file_out_of_order_is_refused() -> None:
+    with pytest.raises(ValueError, match="line 2"):
+        BytePairCounter("broken", r"\S+", b"YQ== 0\nYg== 5\n")
 
 
 def test_encodings_load_without_any_network(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -79,7 +138,7 @@ def test_encodings_load_without_any_network(monkeypatch: pytest.MonkeyPatch) -> 
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(encodings, "_loaded", {})  # a fresh build from the bundled file, not the cache
-    assert len(encodings.get_encoding("cl100k_base").encode("hello world")) == 2
+    assert encodings.get_encoding("cl100k_base").count("hello world") == 2
 
 
 @pytest.mark.parametrize(("model", "expected"), [("gpt-4o", 124), ("gpt-4o-mini", 124), ("gpt-4-0613", 129),
@@ -111,12 +170,12 @@ def test_second_turn_of_a_long_conversation_only_encodes_the_new_message(monkeyp
     encoded: list[str] = []
 
     class Spy:
-        def __init__(self, inner: tiktoken.Encoding) -> None:
+        def __init__(self, inner: BytePairCounter) -> None:
             self.inner = inner
 
-        def encode(self, text: str, **kw: object) -> list[int]:
+        def count(self, text: str) -> int:
             encoded.append(text)
-            return self.inner.encode(text, **kw)
+            return self.inner.count(text)
 
     monkeypatch.setattr(counting, "get_encoding", lambda name: Spy(get_encoding(name)))
     counter = TokenCounter()
@@ -127,7 +186,7 @@ def test_second_turn_of_a_long_conversation_only_encodes_the_new_message(monkeyp
     new = {"role": "user", "content": "one more question about the diff"}
     second, _ = counter.count(body(model="gpt-4o", messages=[*turns, new]), "openai_chat", "gpt-4o")
     assert encoded == [new["content"]]
-    assert second == first + 3 + 1 + len(get_encoding("o200k_base").encode(new["content"]))  # per-message + role
+    assert second == first + 3 + 1 + get_encoding("o200k_base").count(new["content"])  # per-message + role
 
 
 def test_cache_is_bounded_by_size() -> None:
@@ -245,7 +304,7 @@ def test_count_tokens_errors_keep_the_callers_shape(tokens_gateway: ServerThread
 def test_role_shortcut_matches_the_encodings() -> None:
     for name in ("o200k_base", "cl100k_base"):
         for role, tokens in counting._ROLE_TOKENS.items():
-            assert len(get_encoding(name).encode(role)) == tokens
+            assert get_encoding(name).count(role) == tokens
 
 
 def test_every_chat_request_carries_its_estimate(gateway: ServerThread) -> None:

@@ -1,9 +1,9 @@
-"""Prompt token counts: exact for OpenAI models (tiktoken + the cookbook's chat and tool formulas),
-calibrated estimates for Anthropic and Gemini models (tiktoken × a per-family multiplier).
+"""Prompt token counts: exact for OpenAI models (tiktoken's counts, from ``bpe.py``, + the cookbook's chat
+and tool formulas), calibrated estimates for Anthropic and Gemini models (× a per-family multiplier).
 
 Counting is incremental: the tokens of every text are cached by the text itself (bounded by total
 characters and by age), so a conversation re-sent with one new message costs one message of
-tiktoken work plus a msgspec decode and a hash per message (PROTOCOLS.md §6).
+byte-pair work plus a msgspec decode and a hash per message (PROTOCOLS.md §6).
 """
 
 from __future__ import annotations
@@ -169,14 +169,14 @@ class TokenCounter:
             count = self._cache.get(key)
         if count is not None:
             return count
-        count = len(get_encoding(encoding).encode(text, disallowed_special=()))
+        count = get_encoding(encoding).count(text)
         with self._lock:
             self._cache.put(key, count, len(text) + 64)
         return count
 
     async def count_async(self, body: bytes, client_dialect: str, model: str) -> tuple[int, bool]:
         """``count`` off the event loop for large bodies: a new 100k-token conversation takes tens
-        of milliseconds of tiktoken work, which must not stall every other stream on this worker."""
+        of milliseconds of byte-pair work, which must not stall every other stream on this worker."""
         if len(body) < THREAD_THRESHOLD:
             return self.count(body, client_dialect, model)
         return await asyncio.to_thread(self.count, body, client_dialect, model)
