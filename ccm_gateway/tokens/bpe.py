@@ -13,6 +13,7 @@ every code point.
 from __future__ import annotations
 
 import binascii
+import re
 from array import array
 from collections import Counter
 
@@ -34,8 +35,23 @@ _NEWER_UNICODE = (
     "1D250-1D252 1D25B-1D25C 1D25F 1D280-1D281 1D6A6 1DF1F-1DF24 1DF2B-1DF81 1DF90-1DF96 1DFCD-1DFFF "
     "1E6C0-1E6DE 1E6E0-1E6F5 1E6FE-1E6FF 2B73A-2B73F 2B81E 2CEA2-2CEAD 323B0-33479 3D000-3FC3F"
 )
-_NEWER_CLASS = "".join("-".join(f"\\U{int(cp, 16):08x}" for cp in span.split("-")) for span in _NEWER_UNICODE.split())
+_NEWER_SPANS = [(int(span[0], 16), int(span[-1], 16)) for span in (s.split("-") for s in _NEWER_UNICODE.split())]
+_NEWER_CLASS = "".join(f"\\U{lo:08x}-\\U{hi:08x}" for lo, hi in _NEWER_SPANS)
 _NEWER = regex.compile(f"[{_NEWER_CLASS}]")
+
+
+def _hull(spans: list[tuple[int, int]], gap: int = 0x2000) -> str:
+    """A few ranges covering ``spans``: a class the ``re`` module scans fast, to find candidate runs."""
+    hull = [list(spans[0])]
+    for lo, hi in spans[1:]:
+        if lo - hull[-1][1] < gap:
+            hull[-1][1] = hi
+        else:
+            hull.append([lo, hi])
+    return "".join(f"\\U{lo:08x}-\\U{hi:08x}" for lo, hi in hull)
+
+
+_MAYBE_NEWER = re.compile(f"[{_hull(_NEWER_SPANS)}]+")
 _PROPERTIES = (r"\p{Lu}", r"\p{Lt}", r"\p{Lm}", r"\p{Lo}", r"\p{Ll}", r"\p{L}", r"\p{N}", r"\p{M}")
 
 
@@ -82,7 +98,7 @@ class BytePairCounter:
 
     def count(self, text: str) -> int:
         pattern = self._pattern
-        if _NEWER.search(text) is not None:
+        if not text.isascii() and any(_NEWER.search(run) for run in _MAYBE_NEWER.findall(text)):
             if self._exact_pattern is None:
                 self._exact_pattern = regex.compile(_older_unicode(self._source))
             pattern = self._exact_pattern
