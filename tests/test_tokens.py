@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import lzma
 import random
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import httpx
 import msgspec
 import pytest
+import regex
 import tiktoken
 from tiktoken_ext import openai_public
 
@@ -117,6 +119,19 @@ def test_counts_equal_tiktokens_for_every_code_point(name: str, lo: int,
         chars = (chr(cp) for cp in range(start, min(start + 0x1000, 0x110000)) if not 0xD800 <= cp <= 0xDFFF)
         text = "".join(f"x{ch}'s{ch}1 " for ch in chars)
         assert ours.count(text) == len(reference.encode(text, disallowed_special=())), hex(start)
+
+
+@pytest.mark.parametrize("name", list(URLS))
+def test_ascii_text_splits_the_same_with_the_ascii_pattern(name: str) -> None:
+    full = regex.compile(encodings._SPECS[name][0])
+    fast = re.compile(encodings.ASCII_PATTERNS[name], re.ASCII)
+    rnd = random.Random(11)
+    alphabet = [chr(c) for c in range(128)] + ["'s", "'LL", "'Re", "'d", " ", "\n", "\r\n", "  ", "123", "aB", "/"]
+    texts = ["".join(rnd.choice(alphabet) for _ in range(rnd.randint(1, 200))) for _ in range(5000)]
+    texts += [f.read_text() for f in sorted(Path(__file__).resolve().parent.parent.glob("ccm_gateway/**/*.py"))]
+    for text in texts:
+        if text.isascii():
+            assert fast.findall(text) == full.findall(text), text[:80]
 
 
 def test_ranks_are_tiktokens(tiktoken_encodings: dict[str, tiktoken.Encoding]) -> None:

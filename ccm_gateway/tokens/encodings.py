@@ -35,6 +35,24 @@ _CL100K_PATTERN = (
     r"""\s+(?!\S)|\s"""
 )
 
+# The same patterns for ASCII-only text (most of a coding conversation), where \p{L} is [A-Za-z], \p{N}
+# [0-9], \p{Lt}, \p{Lm}, \p{Lo} and \p{M} are empty and \s is [\t\n\v\f\r ]: the stdlib ``re`` splits
+# such text about 3x faster than the ``regex`` module (tests/test_tokens.py checks the splits agree).
+_O200K_ASCII = "|".join([
+    r"""[^\r\nA-Za-z0-9]?[A-Z]*[a-z]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+    r"""[^\r\nA-Za-z0-9]?[A-Z]+[a-z]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+    r"""[0-9]{1,3}""",
+    r""" ?[^\sA-Za-z0-9]+[\r\n/]*""",
+    r"""\s*[\r\n]+""",
+    r"""\s+(?!\S)""",
+    r"""\s+""",
+])
+_CL100K_ASCII = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\nA-Za-z0-9]?+[A-Za-z]++|[0-9]{1,3}+| ?[^\sA-Za-z0-9]++[\r\n]*+|\s++$|\s*[\r\n]|"""
+    r"""\s+(?!\S)|\s"""
+)
+ASCII_PATTERNS = {"o200k_base": _O200K_ASCII, "cl100k_base": _CL100K_ASCII}
+
 _SPECS: dict[str, tuple[str, dict[str, int], str]] = {
     "o200k_base": (_O200K_PATTERN, {ENDOFTEXT: 199999, ENDOFPROMPT: 200018},
                    "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"),
@@ -72,4 +90,4 @@ def _build(name: str) -> BytePairCounter:
         raise EncodingUnavailable(f"bundled encoding {path} cannot be read: {exc}") from None
     if hashlib.sha256(raw).hexdigest() != digest:
         raise EncodingUnavailable(f"bundled encoding {path} does not match its SHA-256 digest")
-    return BytePairCounter(name, pattern, raw)
+    return BytePairCounter(name, pattern, raw, ASCII_PATTERNS[name])
