@@ -92,6 +92,8 @@ def varied_corpus() -> list[str]:
         texts.append("".join("".join(rnd.choice(pool) for _ in range(rnd.choice((1, 2, 3, 5, 8, 20))))
                              for pool in rnd.choices(pools, k=rnd.randint(1, 40))))
         texts.append("".join(chr(rnd.randint(*rnd.choice(planes))) for _ in range(rnd.randint(1, 40))))
+    for alphabet in ("abcdefghij", "aaab", "etaoinshrdlu", "日本語中文字", "ёжзийклмн", "a\u0300\u0301", "🎉"):
+        texts += ["".join(rnd.choices(alphabet, k=size)) for size in (90, 300, 2000)]  # long pieces: the heap merge
     for width in range(1, 120, 7):
         for ws in (" ", "\t", "\n", " \n", "\r\n", "  \n\n"):
             texts += ["x" + ws * width + "y", ws * width, "1" * width + ws + "2" * (width % 13)]

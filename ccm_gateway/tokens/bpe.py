@@ -14,6 +14,7 @@ every code point.
 from __future__ import annotations
 
 import binascii
+import heapq
 import re
 from array import array
 from collections import Counter
@@ -22,6 +23,7 @@ import regex
 
 MEMO_PIECES = 16_384  # distinct short pieces whose counts are remembered (≈1.5 MB at most)
 MEMO_PIECE_CHARS = 32
+LONG_PIECE = 256  # bytes above which a piece is merged with a heap (the list merge is quadratic)
 _ABSENT = 1 << 62  # the rank of a byte string that is not a token: merged never
 
 # Code points that the ``regex`` module's Unicode tables (17.0) classify as letters, marks or numbers
@@ -148,6 +150,8 @@ class BytePairCounter:
         rank = self._rank
         if rank(piece) != _ABSENT:
             return 1
+        if len(piece) > LONG_PIECE:
+            return self._long_piece(piece)
         bounds = list(range(len(piece) + 1))
         ranks = [rank(piece[i:i + 2]) for i in range(len(piece) - 1)]  # of the pair starting at part i
         while ranks:
@@ -162,3 +166,30 @@ class BytePairCounter:
             if i > 0:
                 ranks[i - 1] = rank(piece[bounds[i - 1]:bounds[i + 1]])
         return len(bounds) - 1
+
+    def _long_piece(self, piece: bytes) -> int:
+        """The same merge for a long piece (a run of letters without spaces: a client can send megabytes
+        of it) in O(n log n): a heap of (rank, start, end) for the adjacent pairs, stale ones skipped."""
+        rank = self._rank
+        size = len(piece)
+        end_of = list(range(1, size + 1))  # end of the part starting at i; -1 once merged into its left part
+        start_of_previous = list(range(-1, size - 1))
+        heap = [(r, i, i + 2) for i in range(size - 1) if (r := rank(piece[i:i + 2])) != _ABSENT]
+        heapq.heapify(heap)
+        parts = size
+        while heap:
+            _, start, end = heapq.heappop(heap)
+            middle = end_of[start]
+            if middle < 0 or middle >= size or end_of[middle] != end:
+                continue  # one of the two parts has merged since this pair was pushed
+            end_of[start] = end
+            end_of[middle] = -1
+            parts -= 1
+            if end < size:
+                start_of_previous[end] = start
+                if (r := rank(piece[start:end_of[end]])) != _ABSENT:
+                    heapq.heappush(heap, (r, start, end_of[end]))
+            previous = start_of_previous[start]
+            if previous >= 0 and (r := rank(piece[previous:end])) != _ABSENT:
+                heapq.heappush(heap, (r, previous, end))
+        return parts
