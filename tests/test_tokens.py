@@ -19,7 +19,7 @@ import regex
 import tiktoken
 from tiktoken_ext import openai_public
 
-from ccm_gateway import create_app, load_config
+from ccm_gateway import ConfigError, create_app, load_config
 from ccm_gateway.mock import MockUpstream, replies
 from ccm_gateway.tokens import TokenCounter, counting, encoding_for_model, encodings, get_encoding
 from ccm_gateway.tokens.bpe import BytePairCounter
@@ -100,9 +100,14 @@ def varied_corpus() -> list[str]:
     return [*CORPUS, *texts]
 
 
+ENGINES = ["compact", "tiktoken"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("name", list(URLS))
-def test_counts_equal_tiktokens_on_a_varied_corpus(name: str, tiktoken_encodings: dict[str, tiktoken.Encoding]) -> None:
-    reference, ours = tiktoken_encodings[name], get_encoding(name)
+def test_counts_equal_tiktokens_on_a_varied_corpus(name: str, engine: str,
+                                                   tiktoken_encodings: dict[str, tiktoken.Encoding]) -> None:
+    reference, ours = tiktoken_encodings[name], get_encoding(name, engine)
     for text in varied_corpus():
         assert ours.count(text) == len(reference.encode(text, disallowed_special=())), text[:80]
         assert ours.count(text) == len(reference.encode(text, disallowed_special=())), text[:80]  # from the memo
@@ -155,19 +160,45 @@ def test_encodings_load_without_any_network(monkeypatch: pytest.MonkeyPatch) -> 
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(encodings, "_loaded", {})  # a fresh build from the bundled file, not the cache
-    assert encodings.get_encoding("cl100k_base").count("hello world") == 2
+    for engine in ENGINES:
+        assert encodings.get_encoding("cl100k_base", engine).count("hello world") == 2
 
 
+def test_the_tiktoken_engine_is_tiktoken_and_drops_its_python_copy_of_the_ranks() -> None:
+    encoding = get_encoding("o200k_base", "tiktoken")
+    assert isinstance(encoding, encodings.TiktokenCounter) and isinstance(encoding.encoding, tiktoken.Encoding)
+    assert encoding.encoding._mergeable_ranks == {}  # ~26 MB that only pickling would need
+    assert encoding.count("<|endoftext|> hello") == get_encoding("o200k_base").count("<|endoftext|> hello")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize(("model", "expected"), [("gpt-4o", 124), ("gpt-4o-mini", 124), ("gpt-4-0613", 129),
                                                  ("gpt-3.5-turbo-0125", 129)])
-def test_cookbook_message_counts(model: str, expected: int) -> None:
-    assert TokenCounter().count(body(model=model, messages=COOKBOOK_MESSAGES), "openai_chat", model) == (expected, True)
+def test_cookbook_message_counts(model: str, expected: int, engine: str) -> None:
+    counter = TokenCounter(engine=engine)
+    assert counter.count(body(model=model, messages=COOKBOOK_MESSAGES), "openai_chat", model) == (expected, True)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("model", ["gpt-4o", "gpt-4o-mini"])
-def test_cookbook_tool_counts(model: str) -> None:
+def test_cookbook_tool_counts(model: str, engine: str) -> None:
     request = body(model=model, messages=COOKBOOK_TOOL_MESSAGES, tools=COOKBOOK_TOOLS)
-    assert TokenCounter().count(request, "openai_chat", model) == (101, True)
+    assert TokenCounter(engine=engine).count(request, "openai_chat", model) == (101, True)
+
+
+def test_engine_is_chosen_in_the_config_and_a_bad_one_names_the_field(upstream: MockUpstream) -> None:
+    with pytest.raises(ConfigError, match=r"tokens\.engine: invalid enum value 'rust'"):
+        load_config({"tokens": {"engine": "rust"}}, env={}, dotenv=False)
+    assert load_config(None, env={}, dotenv=False).tokens.engine == "compact"
+    config = gateway_config(upstream.base_url)
+    config["tokens"] = {"engine": "tiktoken"}
+    app = create_app(load_config(config, env={}, dotenv=False))
+    assert app.state.gateway.counter.engine == "tiktoken"
+    with ServerThread(app) as server:
+        r = httpx.post(server.base_url + "/v1/chat/completions/count_tokens",
+                       json={"model": "gpt-4.1", "messages": COOKBOOK_TOOL_MESSAGES, "tools": COOKBOOK_TOOLS})
+    assert r.status_code == 200 and r.headers["x-ccm-token-count"] == "exact"
+    assert r.json()["input_tokens"] == 101
 
 
 def test_model_encoding_table() -> None:
@@ -194,7 +225,7 @@ def test_second_turn_of_a_long_conversation_only_encodes_the_new_message(monkeyp
             encoded.append(text)
             return self.inner.count(text)
 
-    monkeypatch.setattr(counting, "get_encoding", lambda name: Spy(get_encoding(name)))
+    monkeypatch.setattr(counting, "get_encoding", lambda name, engine: Spy(get_encoding(name, engine)))
     counter = TokenCounter()
     turns = history(250)  # ≈100k tokens
     first, _ = counter.count(body(model="gpt-4o", messages=turns), "openai_chat", "gpt-4o")

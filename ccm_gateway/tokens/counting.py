@@ -1,4 +1,4 @@
-"""Prompt token counts: exact for OpenAI models (tiktoken's counts, from ``bpe.py``, + the cookbook's chat
+"""Prompt token counts: exact for OpenAI models (tiktoken's counts, from ``bpe.py`` or tiktoken, + the cookbook's chat
 and tool formulas), calibrated estimates for Anthropic and Gemini models (× a per-family multiplier).
 
 Counting is incremental: the tokens of every text are cached by the text itself (bounded by total
@@ -17,7 +17,7 @@ import msgspec
 from msgspec import Raw, Struct
 
 from .cache import TextCache
-from .encodings import get_encoding
+from .encodings import Engine, get_encoding
 
 # §6.1: tiktoken's model → encoding table (prefixes; more specific first). Anything else: o200k_base.
 _CL100K_PREFIXES = ("gpt-4-", "gpt-3.5-turbo", "gpt-35-turbo", "text-embedding-ada-002", "text-embedding-3-",
@@ -153,6 +153,7 @@ class TokenCounter:
     multipliers: dict[str, float] = field(default_factory=lambda: {"anthropic": 1.15, "gemini": 1.0, "other": 1.0})
     cache_chars: int = 64 * 1024 * 1024
     cache_ttl: float = 3600.0
+    engine: Engine = "compact"  # [tokens] engine: the compact BytePairCounter or tiktoken (encodings.py)
     _cache: TextCache = field(init=False, repr=False)
     _lock: threading.Lock = field(init=False, repr=False, default_factory=threading.Lock)
     _models: dict[str, tuple[str, str]] = field(init=False, repr=False, default_factory=dict)  # → family, encoding
@@ -169,7 +170,7 @@ class TokenCounter:
             count = self._cache.get(key)
         if count is not None:
             return count
-        count = get_encoding(encoding).count(text)
+        count = get_encoding(encoding, self.engine).count(text)
         with self._lock:
             self._cache.put(key, count, len(text) + 64)
         return count
