@@ -22,7 +22,7 @@ from tiktoken_ext import openai_public
 from ccm_gateway import ConfigError, create_app, load_config
 from ccm_gateway.mock import MockUpstream, replies
 from ccm_gateway.tokens import TokenCounter, counting, encoding_for_model, encodings, get_encoding
-from ccm_gateway.tokens.bpe import BytePairCounter
+from ccm_gateway.tokens.bpe import BytePairCounter, MergeBudget
 
 from .conftest import gateway_config
 from .servers import ServerThread
@@ -218,12 +218,12 @@ def test_second_turn_of_a_long_conversation_only_encodes_the_new_message(monkeyp
     encoded: list[str] = []
 
     class Spy:
-        def __init__(self, inner: BytePairCounter) -> None:
+        def __init__(self, inner: encodings.Encoding) -> None:
             self.inner = inner
 
-        def count(self, text: str) -> int:
+        def count(self, text: str, budget: MergeBudget | None = None) -> int:
             encoded.append(text)
-            return self.inner.count(text)
+            return self.inner.count(text, budget)
 
     monkeypatch.setattr(counting, "get_encoding", lambda name, engine: Spy(get_encoding(name, engine)))
     counter = TokenCounter()
@@ -362,3 +362,72 @@ def test_every_chat_request_carries_its_estimate(gateway: ServerThread) -> None:
                    json={"model": "gpt-4.1", "messages": COOKBOOK_TOOL_MESSAGES, "tools": COOKBOOK_TOOLS})
     assert r.status_code == 200
     assert exchange_for(r.headers["x-request-id"]).token_estimate == 101  # gpt-4.1 is o200k, like gpt-4o
+
+
+# --- the merge budget: bounded CPU for text that is not whole tokens --------------------------------
+
+PROSE = [
+    "网关在把请求发给上游之前，会先数一数提示里有多少个词元。对于中文、日文和韩文的长篇文字，很多片段都不是现成的词元，"  # noqa: RUF001
+    "需要逐字节合并；这项工作必须有上限，否则一个恶意客户端就能占满整个进程。正常的对话，即使很长，也远远用不完这个额度。",  # noqa: RUF001
+    "ゲートウェイは、リクエストを上流に送る前にプロンプトのトークン数を数えます。日本語の長い文章では、多くの断片が"
+    "そのままのトークンではないため、バイト単位の結合が必要になります。通常の会話なら、予算を使い切ることはありません。",
+    "Шлюз подсчитывает токены запроса до того, как отправить его дальше. Для длинных текстов на русском языке многие "  # noqa: RUF001
+    "словоформы не являются готовыми токенами, и их приходится собирать по байтам; обычная переписка, даже очень "
+    "длинная, не исчерпывает бюджет, а злонамеренный клиент не сможет занять процессор на минуты.",  # noqa: RUF001
+]
+
+
+def random_words(seed: int, size: int, alphabet: str = "abcdefghijklmnopqrstuvwxyz") -> str:
+    """What an authenticated client can send to make every piece cost a merge: random 1-2 KB words."""
+    rnd = random.Random(seed)
+    words: list[str] = []
+    while sum(map(len, words)) < size:
+        words.append("".join(rnd.choices(alphabet, k=rnd.randint(1000, 2000))))
+    return " ".join(words)
+
+
+def test_real_prompts_stay_exact_within_the_merge_budget() -> None:
+    """This repository's sources and docs (~400k tokens of code and English) and CJK and Cyrillic prose,
+    as one request: all of it merged, none estimated, tiktoken's count."""
+    root = Path(__file__).resolve().parent.parent
+    files = sorted(root.glob("ccm_gateway/**/*.py")) + sorted(root.glob("tests/*.py")) + sorted(root.glob("*.md"))
+    messages = [{"role": "user", "content": f.read_text()} for f in [*files, *sorted(root.glob("docs/*.md"))]]
+    messages += [{"role": "user", "content": text} for text in PROSE]
+    request = body(model="gpt-4o", messages=messages)
+    count, exact = TokenCounter().count(request, "openai_chat", "gpt-4o")
+    assert exact
+    assert (count, exact) == TokenCounter(engine="tiktoken").count(request, "openai_chat", "gpt-4o")
+
+
+@pytest.mark.parametrize("alphabet", ["abcdefghijklmnopqrstuvwxyz", "абвгдеёжзийклмнопрстуфхцчшщъыьэюя"])
+def test_text_over_the_merge_budget_is_estimated_close_to_tiktoken_and_said_so(alphabet: str) -> None:
+    """The budget is per prompt, not per text: 40 messages of 8 KB each, 320 KB in all, for a 32 KiB budget."""
+    messages = [{"role": "user", "content": random_words(i, 8_000, alphabet)} for i in range(40)]
+    request = body(model="gpt-4o", messages=messages)
+    reference, exact = TokenCounter(engine="tiktoken").count(request, "openai_chat", "gpt-4o")
+    assert exact
+    counter = TokenCounter(merge_budget=32 * 1024)
+    estimate, exact = counter.count(request, "openai_chat", "gpt-4o")
+    assert not exact
+    assert abs(estimate - reference) <= 0.02 * reference, (estimate, reference)  # stated tolerance: 2%
+    counter.merge_budget = 1 << 40  # the estimates were not cached: with room, the same prompt is exact
+    assert counter.count(request, "openai_chat", "gpt-4o") == (reference, True)
+
+
+def test_one_huge_piece_is_estimated_from_a_merged_sample_of_its_head() -> None:
+    text = "".join(random.Random(5).choices("abcdefghijklmnopqrstuvwxyz", k=200_000))  # no space: one piece
+    budget = MergeBudget(64 * 1024)
+    estimate = get_encoding("o200k_base").count(text, budget)
+    reference = get_encoding("o200k_base", "tiktoken").count(text)
+    assert budget.estimated and 0 < budget.merged_bytes < len(text)
+    assert abs(estimate - reference) <= 0.02 * reference, (estimate, reference)
+
+
+def test_count_tokens_says_estimate_past_the_default_merge_budget(tokens_gateway: ServerThread) -> None:
+    """500 KB of random words to an OpenAI model: past the default budget, so the count is an estimate
+    (the context-window check then allows the estimator's margin) and the endpoint says so."""
+    r = httpx.post(tokens_gateway.base_url + "/v1/chat/completions/count_tokens",
+                   json={"model": "gpt-4.1", "messages": [{"role": "user", "content": random_words(1, 500_000)}]})
+    assert r.status_code == 200 and r.headers["x-ccm-token-count"] == "estimate"
+    reference = get_encoding("o200k_base", "tiktoken").count(random_words(1, 500_000))
+    assert abs(r.json()["input_tokens"] - reference) <= 0.02 * reference
