@@ -21,7 +21,7 @@ from tiktoken_ext import openai_public
 
 from ccm_gateway import ConfigError, create_app, load_config
 from ccm_gateway.mock import MockUpstream, replies
-from ccm_gateway.tokens import TokenCounter, counting, encoding_for_model, encodings, get_encoding
+from ccm_gateway.tokens import TokenCounter, bpe, counting, encoding_for_model, encodings, get_encoding
 from ccm_gateway.tokens.bpe import BytePairCounter, MergeBudget
 
 from .conftest import gateway_config
@@ -397,6 +397,13 @@ def test_real_prompts_stay_exact_within_the_merge_budget() -> None:
     count, exact = TokenCounter().count(request, "openai_chat", "gpt-4o")
     assert exact
     assert (count, exact) == TokenCounter(engine="tiktoken").count(request, "openai_chat", "gpt-4o")
+
+
+def test_a_large_ascii_text_split_with_the_gil_released_counts_the_same() -> None:
+    root = Path(__file__).resolve().parent.parent
+    text = "".join(c for f in sorted(root.glob("ccm_gateway/**/*.py")) for c in f.read_text() if c.isascii())
+    assert text.isascii() and len(text) > bpe.LARGE_ASCII
+    assert get_encoding("o200k_base").count(text) == get_encoding("o200k_base", "tiktoken").count(text)
 
 
 @pytest.mark.parametrize("alphabet", ["abcdefghijklmnopqrstuvwxyz", "абвгдеёжзийклмнопрстуфхцчшщъыьэюя"])
