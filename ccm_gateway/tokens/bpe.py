@@ -12,14 +12,15 @@ every code point.
 
 The merge is pure Python (~2 µs per byte here, GIL held; tiktoken's Rust merge is ~10x faster and
 releases the GIL), and a client chooses the text: 32 MB of random letters would cost a minute of CPU. So
-each prompt gets a ``MergeBudget``: after ``MERGE_BUDGET`` bytes of pieces that needed merging (a piece
-that does not fit gets a sample of its head merged), the remaining such pieces are estimated at the bytes
-per token of the pieces this prompt merged so far (at most ``MAX_BYTES_PER_TOKEN``), and the budget says
-the count is an estimate (``TokenCounter.count`` then reports it as not exact). Measured, o200k_base:
+each prompt gets a ``MergeBudget``: after ``MERGE_BUDGET`` bytes of pieces that needed merging, the
+other pieces of that text that need merging are estimated at the bytes per token of the pieces merged
+so far (from a merged sample of its head if one is huge), the prompt's later texts, unsplit, at its
+characters per token so far (at most ``MAX_CHARS_PER_TOKEN``), and the budget says the count is an estimate
+(``TokenCounter.count`` then reports it as not exact). Measured, o200k_base:
 a 100k-token English/code conversation merges 0 bytes, this repository's 1.6 MB of sources and docs
 (400k tokens) 50 KiB, Russian prose ~65 KiB per 100k tokens, Chinese and Japanese prose 260-290 KiB per
-100k tokens: real prompts stay exact up to ~130k tokens of CJK; past that (or for 32 MB of random letters)
-the estimate is within ~2% (~0.2% on homogeneous text), the worst case ~1 s of CPU instead of minutes.
+100k tokens: real prompts stay exact up to ~130k tokens of CJK; past the budget, estimates of real prose
+were within 7% (tiny budgets), of 32 MB of random letters within 0.3%, in ~1 s of CPU instead of minutes.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ _ABSENT = 1 << 62  # the rank of a byte string that is not a token: merged never
 MERGE_BUDGET = 384 * 1024  # bytes of pieces one prompt may merge: ≈0.7 s of CPU (≈1 s in all) at worst here
 BYTES_PER_TOKEN = 2.5  # estimate for merged-looking pieces before a prompt has merged SAMPLE bytes of its own
 MAX_BYTES_PER_TOKEN = 4.0  # never estimate fewer tokens than bytes / 4: a huge body is never estimated small
+MAX_CHARS_PER_TOKEN = 6.0  # the same for whole texts estimated after the budget ran out (English: ~4.5)
 SAMPLE = 4096  # merged bytes from which a prompt's own bytes-per-token ratio is trusted
 # ASCII text this long is split by ``regex`` too, 3x slower than ``re`` but with the GIL released (its
 # default for str): ``re`` held it through one C call, ~75-100 ms for a 1.2 MB text counted on a worker
@@ -85,18 +87,24 @@ def _older_unicode(pattern: str) -> str:
 
 
 class MergeBudget:
-    """The merge work one prompt may still do (shared by all its texts), and what it estimated past it."""
+    """The merge work one prompt may still do (shared by all its texts), and what it estimated past it.
 
-    __slots__ = ("estimated_bytes", "left", "merged_bytes", "merged_tokens")
+    Pieces that do not fit are estimated at the bytes per token of the pieces merged so far (whole tokens
+    still count one each); the texts that follow, unsplit, at the characters per token of the prompt's
+    texts so far (a text's later pieces are its rarer ones, so its own prefix would be a biased sample)."""
+
+    __slots__ = ("chars", "estimates", "left", "merged_bytes", "merged_tokens", "tokens")
 
     def __init__(self, size: int = MERGE_BUDGET) -> None:
         self.left = size
-        self.merged_bytes = self.merged_tokens = self.estimated_bytes = 0
+        self.merged_bytes = self.merged_tokens = self.estimates = 0
+        self.chars = 0  # characters of this prompt counted so far, and their tokens (exact or estimated)
+        self.tokens = 0.0
 
     @property
     def estimated(self) -> bool:
-        """Whether some piece was estimated: the count is then no longer tiktoken's exactly."""
-        return self.estimated_bytes > 0
+        """Whether the budget ran out: the count is then no longer tiktoken's exactly."""
+        return self.estimates > 0
 
     def spend(self, size: int, tokens: int) -> None:
         self.left -= size
@@ -105,9 +113,15 @@ class MergeBudget:
 
     def estimate(self, size: int) -> float:
         """Tokens of ``size`` bytes of pieces that are not one token, without merging them."""
-        self.estimated_bytes += size
+        self.estimates += 1
         ratio = self.merged_bytes / self.merged_tokens if self.merged_bytes >= SAMPLE else BYTES_PER_TOKEN
         return size / min(ratio, MAX_BYTES_PER_TOKEN)
+
+    def estimate_rest(self, chars: int) -> float:
+        """Tokens of ``chars`` more characters of this prompt, at its characters per token so far."""
+        self.estimates += 1
+        ratio = self.chars / self.tokens if self.tokens else BYTES_PER_TOKEN
+        return chars / min(ratio, MAX_CHARS_PER_TOKEN)
 
 
 class BytePairCounter:
@@ -151,21 +165,24 @@ class BytePairCounter:
         """Tokens in ``text``; merging spends ``budget`` (a fresh ``MERGE_BUDGET`` when None)."""
         if budget is None:
             budget = MergeBudget()
+        if budget.estimated:  # out of budget: not even split
+            return max(1, round(budget.estimate_rest(len(text)))) if text else 0
         is_ascii = text.isascii()
         if is_ascii and len(text) < LARGE_ASCII:
-            return self._count(self._ascii_pattern.findall(text), budget)
+            return self._count(self._ascii_pattern.findall(text), budget, len(text))
         pattern = self._pattern
         if not is_ascii and any(_NEWER.search(run) for run in _MAYBE_NEWER.findall(text)):
             if self._exact_pattern is None:
                 self._exact_pattern = regex.compile(_older_unicode(self._source))
             pattern = self._exact_pattern
         try:
-            return self._count(pattern.findall(text, concurrent=True), budget)
+            return self._count(pattern.findall(text, concurrent=True), budget, len(text))
         except UnicodeEncodeError:
             # Lone surrogates: tiktoken re-reads the text with them replaced, and so do we.
             return self.count(text.encode("utf-16", "surrogatepass").decode("utf-16", "replace"), budget)
 
-    def _count(self, pieces: list[str], budget: MergeBudget) -> int:
+    def _count(self, pieces: list[str], budget: MergeBudget, size: int) -> int:
+        """Tokens of the ``pieces`` of a ``size``-character text."""
         memo = self._memo
         total = 0
         estimated = 0.0
@@ -191,6 +208,8 @@ class BytePairCounter:
                         memo.clear()
                     memo[piece] = tokens
             total += tokens * times
+        budget.chars += size
+        budget.tokens += total + estimated
         return total + round(estimated)
 
     def rank(self, token: bytes) -> int | None:

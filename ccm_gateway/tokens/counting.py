@@ -179,9 +179,9 @@ class TokenCounter:
             return count
         if budget is None:
             budget = MergeBudget(self.merge_budget)
-        estimated = budget.estimated_bytes
+        estimates = budget.estimates
         count = get_encoding(encoding, self.engine).count(text, budget)
-        if budget.estimated_bytes == estimated:  # an estimate is not cached: a later prompt may count it exactly
+        if budget.estimates == estimates:  # an estimate is not cached: a later prompt may count it exactly
             with self._lock:
                 self._cache.put(key, count, len(text) + 64)
         return count
