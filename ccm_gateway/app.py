@@ -72,7 +72,8 @@ class Gateway:
         self.drain = Drain()  # in-flight requests, ended with an error when the grace period runs out
         self.state = backend_from_config(config.state)  # rate-limit counters: memory or Redis
         self.counter = TokenCounter(multipliers={**TokenCounter().multipliers, **config.tokens.multipliers},
-                                    cache_chars=config.tokens.cache_chars, cache_ttl=config.tokens.cache_ttl)
+                                    cache_chars=config.tokens.cache_chars, cache_ttl=config.tokens.cache_ttl,
+                                    engine=config.tokens.engine)
         self.meter = Meter(config)  # billing: prices, budgets, the usage ledger
         self.meter.route_price = _route_price(self.router, self.meter)
         self.health = Health(config.resilience)  # breakers, cooldowns, the retry budget (one per process)
@@ -87,7 +88,7 @@ class Gateway:
         for upstream in self.upstreams.values():
             await upstream.start()
         if self.config.tokens.count_prompts:  # load the encoding now, not during the first request
-            await asyncio.to_thread(get_encoding, "o200k_base")
+            await asyncio.to_thread(get_encoding, "o200k_base", self.config.tokens.engine)
         await self.meter.start()  # the usage ledger: recovery of a killed process's open requests, budgets
         await self._share_health()
         self.started = True

@@ -184,6 +184,7 @@ class TokensConfig(_Section):
     multipliers: dict[str, Annotated[float, Meta(gt=0)]] = field(default_factory=dict)  # family → × tiktoken
     cache_chars: PositiveInt = 64 * 1024 * 1024  # text kept in the per-text count cache
     cache_ttl: Positive = 3600.0
+    engine: Literal["compact", "tiktoken"] = "compact"  # compact: ~5 MB per encoding; tiktoken: ~47 MB, faster merges
 
 
 class RoutingConfig(_Section):

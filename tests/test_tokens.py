@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import lzma
+import random
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,12 +15,14 @@ from pathlib import Path
 import httpx
 import msgspec
 import pytest
+import regex
 import tiktoken
 from tiktoken_ext import openai_public
 
-from ccm_gateway import create_app, load_config
+from ccm_gateway import ConfigError, create_app, load_config
 from ccm_gateway.mock import MockUpstream, replies
-from ccm_gateway.tokens import TokenCounter, counting, encoding_for_model, encodings, get_encoding
+from ccm_gateway.tokens import TokenCounter, bpe, counting, encoding_for_model, encodings, get_encoding
+from ccm_gateway.tokens.bpe import BytePairCounter, MergeBudget
 
 from .conftest import gateway_config
 from .servers import ServerThread
@@ -59,18 +63,95 @@ def body(**fields: object) -> bytes:
     return msgspec.json.encode(fields)
 
 
-def test_bundled_encodings_equal_tiktokens_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # tiktoken's documented offline cache, filled with our bundled files: tiktoken itself checks them
-    # against its SHA-256 digests and builds the encodings with its own split patterns.
+@pytest.fixture(scope="module")
+def tiktoken_encodings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tiktoken.Encoding]:
+    """tiktoken itself, the reference: its documented offline cache filled with our bundled files, which
+    tiktoken checks against its SHA-256 digests, and its own split patterns."""
+    cache = tmp_path_factory.mktemp("tiktoken-cache")
     for name, url in URLS.items():
         raw = lzma.decompress((encodings.DATA / f"{name}.tiktoken.xz").read_bytes())
-        (tmp_path / hashlib.sha1(url.encode()).hexdigest()).write_bytes(raw)
-    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
-    for name in URLS:
-        reference = tiktoken.Encoding(**openai_public.ENCODING_CONSTRUCTORS[name]())
+        (cache / hashlib.sha1(url.encode()).hexdigest()).write_bytes(raw)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TIKTOKEN_CACHE_DIR", str(cache))
+        return {name: tiktoken.Encoding(**openai_public.ENCODING_CONSTRUCTORS[name]()) for name in URLS}
+
+
+def varied_corpus() -> list[str]:
+    """Code, prose, every script's letters and digits, whitespace and digit runs, emoji sequences,
+    special-token text, lone surrogates, and random code points from every plane."""
+    rnd = random.Random(7)
+    files = sorted(Path(__file__).resolve().parent.parent.glob("ccm_gateway/**/*.py"))[:40]
+    texts = [f.read_text() for f in files] + [f.read_text() for f in sorted(Path(__file__).parent.glob("*.py"))[:10]]
+    pools = [" \t\n\r\x0b\x0c\x1c\x1f\x85\xa0\u1680\u2000\u2028\u2029\u202f\u3000",
+             "0123456789\u0660\u0661\u0968\u0969\u0e57\u07c0",  # digits of several scripts
+             "abcXYZéÉß\u017f\u01c5\u01c8\ufb01'\u2019sStTlLdD", "日本語中文한국어ภาษาไทยالعربيةעבריתрусскийΕλληνικά",
+             "😀👍🏽👨‍👩‍👧‍👦🇺🇸\u200d\ufe0f\u0301\u20dd", "!@#$%^&*()[]{}<>/\\|`~-_=+;:,.?\"'",
+             "<|endoftext|><|endofprompt|>", "\ud800\udfff", "\u0558\U0001e6c0\U0003d000\u13c0\u2126"]
+    planes = ((0x20, 0x7E), (0xA0, 0xD7FF), (0xE000, 0xFFFF), (0x10000, 0x10FFFF))
+    for _ in range(1500):
+        texts.append("".join("".join(rnd.choice(pool) for _ in range(rnd.choice((1, 2, 3, 5, 8, 20))))
+                             for pool in rnd.choices(pools, k=rnd.randint(1, 40))))
+        texts.append("".join(chr(rnd.randint(*rnd.choice(planes))) for _ in range(rnd.randint(1, 40))))
+    for alphabet in ("abcdefghij", "aaab", "etaoinshrdlu", "日本語中文字", "ёжзийклмн", "a\u0300\u0301", "🎉"):
+        texts += ["".join(rnd.choices(alphabet, k=size)) for size in (90, 300, 2000)]  # long pieces: the heap merge
+    for width in range(1, 120, 7):
+        for ws in (" ", "\t", "\n", " \n", "\r\n", "  \n\n"):
+            texts += ["x" + ws * width + "y", ws * width, "1" * width + ws + "2" * (width % 13)]
+    return [*CORPUS, *texts]
+
+
+ENGINES = ["compact", "tiktoken"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("name", list(URLS))
+def test_counts_equal_tiktokens_on_a_varied_corpus(name: str, engine: str,
+                                                   tiktoken_encodings: dict[str, tiktoken.Encoding]) -> None:
+    reference, ours = tiktoken_encodings[name], get_encoding(name, engine)
+    for text in varied_corpus():
+        assert ours.count(text) == len(reference.encode(text, disallowed_special=())), text[:80]
+        assert ours.count(text) == len(reference.encode(text, disallowed_special=())), text[:80]  # from the memo
+
+
+# Each code point between letters and before a contraction and digits: the contexts in which the split
+# depends on whether it is a letter, a mark, a number or neither (and on which Unicode version says so).
+PLANES = [(name, lo) for name in URLS for lo in range(0, 0x30000 if name == "cl100k_base" else 0x110000, 0x20000)]
+
+
+@pytest.mark.parametrize(("name", "lo"), PLANES)
+def test_counts_equal_tiktokens_for_every_code_point(name: str, lo: int,
+                                                    tiktoken_encodings: dict[str, tiktoken.Encoding]) -> None:
+    reference, ours = tiktoken_encodings[name], get_encoding(name)
+    for start in range(lo, min(lo + 0x20000, 0x110000), 0x1000):
+        chars = (chr(cp) for cp in range(start, min(start + 0x1000, 0x110000)) if not 0xD800 <= cp <= 0xDFFF)
+        text = "".join(f"x{ch}'s{ch}1 " for ch in chars)
+        assert ours.count(text) == len(reference.encode(text, disallowed_special=())), hex(start)
+
+
+@pytest.mark.parametrize("name", list(URLS))
+def test_ascii_text_splits_the_same_with_the_ascii_pattern(name: str) -> None:
+    full = regex.compile(encodings._SPECS[name][0])
+    fast = re.compile(encodings.ASCII_PATTERNS[name], re.ASCII)
+    rnd = random.Random(11)
+    alphabet = [chr(c) for c in range(128)] + ["'s", "'LL", "'Re", "'d", " ", "\n", "\r\n", "  ", "123", "aB", "/"]
+    texts = ["".join(rnd.choice(alphabet) for _ in range(rnd.randint(1, 200))) for _ in range(5000)]
+    texts += [f.read_text() for f in sorted(Path(__file__).resolve().parent.parent.glob("ccm_gateway/**/*.py"))]
+    for text in texts:
+        if text.isascii():
+            assert fast.findall(text) == full.findall(text), text[:80]
+
+
+def test_ranks_are_tiktokens(tiktoken_encodings: dict[str, tiktoken.Encoding]) -> None:
+    for name, reference in tiktoken_encodings.items():
         ours = get_encoding(name)
-        for text in CORPUS:
-            assert ours.encode(text, disallowed_special=()) == reference.encode(text, disallowed_special=())
+        for rank in (0, 255, 256, 1000, 50_000, 99_999, reference.max_token_value - 300):
+            assert ours.rank(reference.decode_single_token_bytes(rank)) == rank
+        assert ours.rank(b"not one token at all, surely") is None
+
+
+def test_a_ranks_file_out_of_order_is_refused() -> None:
+    with pytest.raises(ValueError, match="line 2"):
+        BytePairCounter("broken", r"\S+", b"YQ== 0\nYg== 5\n")
 
 
 def test_encodings_load_without_any_network(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -79,19 +160,45 @@ def test_encodings_load_without_any_network(monkeypatch: pytest.MonkeyPatch) -> 
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(encodings, "_loaded", {})  # a fresh build from the bundled file, not the cache
-    assert len(encodings.get_encoding("cl100k_base").encode("hello world")) == 2
+    for engine in ENGINES:
+        assert encodings.get_encoding("cl100k_base", engine).count("hello world") == 2
 
 
+def test_the_tiktoken_engine_is_tiktoken_and_drops_its_python_copy_of_the_ranks() -> None:
+    encoding = get_encoding("o200k_base", "tiktoken")
+    assert isinstance(encoding, encodings.TiktokenCounter) and isinstance(encoding.encoding, tiktoken.Encoding)
+    assert encoding.encoding._mergeable_ranks == {}  # ~26 MB that only pickling would need
+    assert encoding.count("<|endoftext|> hello") == get_encoding("o200k_base").count("<|endoftext|> hello")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize(("model", "expected"), [("gpt-4o", 124), ("gpt-4o-mini", 124), ("gpt-4-0613", 129),
                                                  ("gpt-3.5-turbo-0125", 129)])
-def test_cookbook_message_counts(model: str, expected: int) -> None:
-    assert TokenCounter().count(body(model=model, messages=COOKBOOK_MESSAGES), "openai_chat", model) == (expected, True)
+def test_cookbook_message_counts(model: str, expected: int, engine: str) -> None:
+    counter = TokenCounter(engine=engine)
+    assert counter.count(body(model=model, messages=COOKBOOK_MESSAGES), "openai_chat", model) == (expected, True)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("model", ["gpt-4o", "gpt-4o-mini"])
-def test_cookbook_tool_counts(model: str) -> None:
+def test_cookbook_tool_counts(model: str, engine: str) -> None:
     request = body(model=model, messages=COOKBOOK_TOOL_MESSAGES, tools=COOKBOOK_TOOLS)
-    assert TokenCounter().count(request, "openai_chat", model) == (101, True)
+    assert TokenCounter(engine=engine).count(request, "openai_chat", model) == (101, True)
+
+
+def test_engine_is_chosen_in_the_config_and_a_bad_one_names_the_field(upstream: MockUpstream) -> None:
+    with pytest.raises(ConfigError, match=r"tokens\.engine: invalid enum value 'rust'"):
+        load_config({"tokens": {"engine": "rust"}}, env={}, dotenv=False)
+    assert load_config(None, env={}, dotenv=False).tokens.engine == "compact"
+    config = gateway_config(upstream.base_url)
+    config["tokens"] = {"engine": "tiktoken"}
+    app = create_app(load_config(config, env={}, dotenv=False))
+    assert app.state.gateway.counter.engine == "tiktoken"
+    with ServerThread(app) as server:
+        r = httpx.post(server.base_url + "/v1/chat/completions/count_tokens",
+                       json={"model": "gpt-4.1", "messages": COOKBOOK_TOOL_MESSAGES, "tools": COOKBOOK_TOOLS})
+    assert r.status_code == 200 and r.headers["x-ccm-token-count"] == "exact"
+    assert r.json()["input_tokens"] == 101
 
 
 def test_model_encoding_table() -> None:
@@ -111,14 +218,14 @@ def test_second_turn_of_a_long_conversation_only_encodes_the_new_message(monkeyp
     encoded: list[str] = []
 
     class Spy:
-        def __init__(self, inner: tiktoken.Encoding) -> None:
+        def __init__(self, inner: encodings.Encoding) -> None:
             self.inner = inner
 
-        def encode(self, text: str, **kw: object) -> list[int]:
+        def count(self, text: str, budget: MergeBudget | None = None) -> int:
             encoded.append(text)
-            return self.inner.encode(text, **kw)
+            return self.inner.count(text, budget)
 
-    monkeypatch.setattr(counting, "get_encoding", lambda name: Spy(get_encoding(name)))
+    monkeypatch.setattr(counting, "get_encoding", lambda name, engine: Spy(get_encoding(name, engine)))
     counter = TokenCounter()
     turns = history(250)  # ≈100k tokens
     first, _ = counter.count(body(model="gpt-4o", messages=turns), "openai_chat", "gpt-4o")
@@ -127,7 +234,7 @@ def test_second_turn_of_a_long_conversation_only_encodes_the_new_message(monkeyp
     new = {"role": "user", "content": "one more question about the diff"}
     second, _ = counter.count(body(model="gpt-4o", messages=[*turns, new]), "openai_chat", "gpt-4o")
     assert encoded == [new["content"]]
-    assert second == first + 3 + 1 + len(get_encoding("o200k_base").encode(new["content"]))  # per-message + role
+    assert second == first + 3 + 1 + get_encoding("o200k_base").count(new["content"])  # per-message + role
 
 
 def test_cache_is_bounded_by_size() -> None:
@@ -245,7 +352,7 @@ def test_count_tokens_errors_keep_the_callers_shape(tokens_gateway: ServerThread
 def test_role_shortcut_matches_the_encodings() -> None:
     for name in ("o200k_base", "cl100k_base"):
         for role, tokens in counting._ROLE_TOKENS.items():
-            assert len(get_encoding(name).encode(role)) == tokens
+            assert get_encoding(name).count(role) == tokens
 
 
 def test_every_chat_request_carries_its_estimate(gateway: ServerThread) -> None:
@@ -255,3 +362,79 @@ def test_every_chat_request_carries_its_estimate(gateway: ServerThread) -> None:
                    json={"model": "gpt-4.1", "messages": COOKBOOK_TOOL_MESSAGES, "tools": COOKBOOK_TOOLS})
     assert r.status_code == 200
     assert exchange_for(r.headers["x-request-id"]).token_estimate == 101  # gpt-4.1 is o200k, like gpt-4o
+
+
+# --- the merge budget: bounded CPU for text that is not whole tokens --------------------------------
+
+PROSE = [
+    "网关在把请求发给上游之前，会先数一数提示里有多少个词元。对于中文、日文和韩文的长篇文字，很多片段都不是现成的词元，"  # noqa: RUF001
+    "需要逐字节合并；这项工作必须有上限，否则一个恶意客户端就能占满整个进程。正常的对话，即使很长，也远远用不完这个额度。",  # noqa: RUF001
+    "ゲートウェイは、リクエストを上流に送る前にプロンプトのトークン数を数えます。日本語の長い文章では、多くの断片が"
+    "そのままのトークンではないため、バイト単位の結合が必要になります。通常の会話なら、予算を使い切ることはありません。",
+    "Шлюз подсчитывает токены запроса до того, как отправить его дальше. Для длинных текстов на русском языке многие "  # noqa: RUF001
+    "словоформы не являются готовыми токенами, и их приходится собирать по байтам; обычная переписка, даже очень "
+    "длинная, не исчерпывает бюджет, а злонамеренный клиент не сможет занять процессор на минуты.",  # noqa: RUF001
+]
+
+
+def random_words(seed: int, size: int, alphabet: str = "abcdefghijklmnopqrstuvwxyz") -> str:
+    """What an authenticated client can send to make every piece cost a merge: random 1-2 KB words."""
+    rnd = random.Random(seed)
+    words: list[str] = []
+    while sum(map(len, words)) < size:
+        words.append("".join(rnd.choices(alphabet, k=rnd.randint(1000, 2000))))
+    return " ".join(words)
+
+
+def test_real_prompts_stay_exact_within_the_merge_budget() -> None:
+    """This repository's sources and docs (~400k tokens of code and English) and CJK and Cyrillic prose,
+    as one request: all of it merged, none estimated, tiktoken's count."""
+    root = Path(__file__).resolve().parent.parent
+    files = sorted(root.glob("ccm_gateway/**/*.py")) + sorted(root.glob("tests/*.py")) + sorted(root.glob("*.md"))
+    messages = [{"role": "user", "content": f.read_text()} for f in [*files, *sorted(root.glob("docs/*.md"))]]
+    messages += [{"role": "user", "content": text} for text in PROSE]
+    request = body(model="gpt-4o", messages=messages)
+    count, exact = TokenCounter().count(request, "openai_chat", "gpt-4o")
+    assert exact
+    assert (count, exact) == TokenCounter(engine="tiktoken").count(request, "openai_chat", "gpt-4o")
+
+
+def test_a_large_ascii_text_split_with_the_gil_released_counts_the_same() -> None:
+    root = Path(__file__).resolve().parent.parent
+    text = "".join(c for f in sorted(root.glob("ccm_gateway/**/*.py")) for c in f.read_text() if c.isascii())
+    assert text.isascii() and len(text) > bpe.LARGE_ASCII
+    assert get_encoding("o200k_base").count(text) == get_encoding("o200k_base", "tiktoken").count(text)
+
+
+@pytest.mark.parametrize("alphabet", ["abcdefghijklmnopqrstuvwxyz", "абвгдеёжзийклмнопрстуфхцчшщъыьэюя"])
+def test_text_over_the_merge_budget_is_estimated_close_to_tiktoken_and_said_so(alphabet: str) -> None:
+    """The budget is per prompt, not per text: 40 messages of 8 KB each, 320 KB in all, for a 32 KiB budget."""
+    messages = [{"role": "user", "content": random_words(i, 8_000, alphabet)} for i in range(40)]
+    request = body(model="gpt-4o", messages=messages)
+    reference, exact = TokenCounter(engine="tiktoken").count(request, "openai_chat", "gpt-4o")
+    assert exact
+    counter = TokenCounter(merge_budget=32 * 1024)
+    estimate, exact = counter.count(request, "openai_chat", "gpt-4o")
+    assert not exact
+    assert abs(estimate - reference) <= 0.02 * reference, (estimate, reference)  # stated tolerance: 2%
+    counter.merge_budget = 1 << 40  # the estimates were not cached: with room, the same prompt is exact
+    assert counter.count(request, "openai_chat", "gpt-4o") == (reference, True)
+
+
+def test_one_huge_piece_is_estimated_from_a_merged_sample_of_its_head() -> None:
+    text = "".join(random.Random(5).choices("abcdefghijklmnopqrstuvwxyz", k=200_000))  # no space: one piece
+    budget = MergeBudget(64 * 1024)
+    estimate = get_encoding("o200k_base").count(text, budget)
+    reference = get_encoding("o200k_base", "tiktoken").count(text)
+    assert budget.estimated and 0 < budget.merged_bytes < len(text)
+    assert abs(estimate - reference) <= 0.02 * reference, (estimate, reference)
+
+
+def test_count_tokens_says_estimate_past_the_default_merge_budget(tokens_gateway: ServerThread) -> None:
+    """500 KB of random words to an OpenAI model: past the default budget, so the count is an estimate
+    (the context-window check then allows the estimator's margin) and the endpoint says so."""
+    r = httpx.post(tokens_gateway.base_url + "/v1/chat/completions/count_tokens",
+                   json={"model": "gpt-4.1", "messages": [{"role": "user", "content": random_words(1, 500_000)}]})
+    assert r.status_code == 200 and r.headers["x-ccm-token-count"] == "estimate"
+    reference = get_encoding("o200k_base", "tiktoken").count(random_words(1, 500_000))
+    assert abs(r.json()["input_tokens"] - reference) <= 0.02 * reference

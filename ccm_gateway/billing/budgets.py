@@ -78,6 +78,13 @@ class Line(NamedTuple):
     resets_at: float
 
 
+def keys_for(lines: Sequence[Line]) -> list[str]:
+    """The Redis hash of each line (``redis_budgets``), all under one hash tag (the team's when there is
+    a team line). Here, not beside the store, so ``/metrics`` names them without importing redis."""
+    tag = next((li.subject for li in lines if li.subject.startswith("team:")), lines[0].subject if lines else "")
+    return [f"ccm:{{{tag}}}:budget:{li.subject}:{li.window}" for li in lines]
+
+
 class Decision(NamedTuple):
     allowed: bool
     remaining: tuple[float, ...]  # per line, before this request: limit − spent − reserved

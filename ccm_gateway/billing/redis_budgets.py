@@ -20,7 +20,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
 
-from .budgets import BudgetStore, Decision, Line
+from .budgets import BudgetStore, Decision, Line, keys_for
 
 GRACE = 3600  # seconds a window's hash outlives the window (late settlements still find it)
 
@@ -64,12 +64,6 @@ end
 return 1
 """
 _SHA = {RESERVE: hashlib.sha1(RESERVE.encode()).hexdigest(), SETTLE: hashlib.sha1(SETTLE.encode()).hexdigest()}
-
-
-def keys_for(lines: Sequence[Line]) -> list[str]:
-    """One hash per line, all under one hash tag (the team's when there is a team line)."""
-    tag = next((li.subject for li in lines if li.subject.startswith("team:")), lines[0].subject if lines else "")
-    return [f"ccm:{{{tag}}}:budget:{li.subject}:{li.window}" for li in lines]
 
 
 class RedisBudgetStore(BudgetStore):

@@ -21,8 +21,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..billing.budgets import Line
-from ..billing.redis_budgets import keys_for
+from ..billing.budgets import Line, keys_for
 from .metrics import Metrics, multiprocess_dir
 
 log = logging.getLogger("ccm_gateway.metrics")

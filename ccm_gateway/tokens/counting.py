@@ -1,9 +1,13 @@
-"""Prompt token counts: exact for OpenAI models (tiktoken + the cookbook's chat and tool formulas),
-calibrated estimates for Anthropic and Gemini models (tiktoken × a per-family multiplier).
+"""Prompt token counts: exact for OpenAI models (tiktoken's counts, from ``bpe.py`` or tiktoken, + the cookbook's chat
+and tool formulas), calibrated estimates for Anthropic and Gemini models (× a per-family multiplier).
 
 Counting is incremental: the tokens of every text are cached by the text itself (bounded by total
 characters and by age), so a conversation re-sent with one new message costs one message of
-tiktoken work plus a msgspec decode and a hash per message (PROTOCOLS.md §6).
+byte-pair work plus a msgspec decode and a hash per message (PROTOCOLS.md §6).
+
+With the compact engine a prompt's byte-pair merging is bounded (``bpe.MergeBudget``, ~0.7 s of CPU at
+worst); a prompt that exhausts it (megabytes of text that is not whole tokens, which real prompts are
+not) gets an estimate, reported as not exact, and its estimated texts are not cached.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ from dataclasses import dataclass, field
 import msgspec
 from msgspec import Raw, Struct
 
+from .bpe import MERGE_BUDGET, MergeBudget
 from .cache import TextCache
-from .encodings import get_encoding
+from .encodings import Engine, get_encoding
 
 # §6.1: tiktoken's model → encoding table (prefixes; more specific first). Anything else: o200k_base.
 _CL100K_PREFIXES = ("gpt-4-", "gpt-3.5-turbo", "gpt-35-turbo", "text-embedding-ada-002", "text-embedding-3-",
@@ -153,6 +158,8 @@ class TokenCounter:
     multipliers: dict[str, float] = field(default_factory=lambda: {"anthropic": 1.15, "gemini": 1.0, "other": 1.0})
     cache_chars: int = 64 * 1024 * 1024
     cache_ttl: float = 3600.0
+    engine: Engine = "compact"  # [tokens] engine: the compact BytePairCounter or tiktoken (encodings.py)
+    merge_budget: int = MERGE_BUDGET  # bytes of byte-pair merging per prompt (compact engine), then estimates
     _cache: TextCache = field(init=False, repr=False)
     _lock: threading.Lock = field(init=False, repr=False, default_factory=threading.Lock)
     _models: dict[str, tuple[str, str]] = field(init=False, repr=False, default_factory=dict)  # → family, encoding
@@ -161,7 +168,8 @@ class TokenCounter:
         # Bounded by the total length of the cached texts (≈ their memory), and by age.
         self._cache = TextCache(self.cache_chars, self.cache_ttl)
 
-    def text(self, text: str, encoding: str = "o200k_base") -> int:
+    def text(self, text: str, encoding: str = "o200k_base", budget: MergeBudget | None = None) -> int:
+        """Tokens in one text; merging spends the prompt's ``budget`` (a fresh one when None)."""
         if not text:
             return 0
         key = (encoding, text)
@@ -169,14 +177,18 @@ class TokenCounter:
             count = self._cache.get(key)
         if count is not None:
             return count
-        count = len(get_encoding(encoding).encode(text, disallowed_special=()))
-        with self._lock:
-            self._cache.put(key, count, len(text) + 64)
+        if budget is None:
+            budget = MergeBudget(self.merge_budget)
+        estimates = budget.estimates
+        count = get_encoding(encoding, self.engine).count(text, budget)
+        if budget.estimates == estimates:  # an estimate is not cached: a later prompt may count it exactly
+            with self._lock:
+                self._cache.put(key, count, len(text) + 64)
         return count
 
     async def count_async(self, body: bytes, client_dialect: str, model: str) -> tuple[int, bool]:
         """``count`` off the event loop for large bodies: a new 100k-token conversation takes tens
-        of milliseconds of tiktoken work, which must not stall every other stream on this worker."""
+        of milliseconds of byte-pair work, which must not stall every other stream on this worker."""
         if len(body) < THREAD_THRESHOLD:
             return self.count(body, client_dialect, model)
         return await asyncio.to_thread(self.count, body, client_dialect, model)
@@ -184,7 +196,8 @@ class TokenCounter:
     def count(self, body: bytes, client_dialect: str, model: str) -> tuple[int, bool]:
         """(prompt tokens, exact?) for a chat request body in the client's dialect, sent to ``model``.
 
-        Exact means the OpenAI cookbook count for an OpenAI model; everything else is an estimate.
+        Exact means the OpenAI cookbook count for an OpenAI model, within the merge budget; everything
+        else is an estimate.
         Raises msgspec errors on bodies that are not requests of that dialect.
         """
         try:
@@ -195,95 +208,98 @@ class TokenCounter:
             if len(self._models) >= MODEL_CACHE:  # clients choose model names: bounded
                 self._models.clear()
             self._models[model] = family, encoding
+        budget = MergeBudget(self.merge_budget)
         if client_dialect == "anthropic_messages":
-            raw = self._anthropic(_anthropic_request.decode(body), encoding, family)
+            raw = self._anthropic(_anthropic_request.decode(body), encoding, family, budget)
         else:
-            raw = self._openai(_openai_request.decode(body), encoding, family)
+            raw = self._openai(_openai_request.decode(body), encoding, family, budget)
         if family == "openai":
-            return raw, client_dialect != "anthropic_messages"
+            return raw, client_dialect != "anthropic_messages" and not budget.estimated
         return math.ceil(raw * self.multipliers.get(family, 1.0)), False
 
     # -- OpenAI-shaped requests (§6.2) ----------------------------------------------------------------
 
-    def _openai(self, request: _OpenAIRequest, encoding: str, family: str) -> int:
+    def _openai(self, request: _OpenAIRequest, encoding: str, family: str, budget: MergeBudget) -> int:
         text = self.text
         total = REPLY_PRIMING
         roles = _ROLE_TOKENS  # role names encode to one token in both encodings
         for m in request.messages:
-            total += PER_MESSAGE + (roles.get(m.role) or text(m.role, encoding))
+            total += PER_MESSAGE + (roles.get(m.role) or text(m.role, encoding, budget))
             if isinstance(m.content, str):
-                total += text(m.content, encoding)
+                total += text(m.content, encoding, budget)
             elif m.content:
                 for part in m.content:
                     if part.text is not None:
-                        total += text(part.text, encoding)
+                        total += text(part.text, encoding, budget)
                     elif part.image_url is not None:
                         total += self._image(family, part.image_url.detail)
             if m.name:
-                total += PER_NAME + text(m.name, encoding)
+                total += PER_NAME + text(m.name, encoding, budget)
             for call in m.tool_calls or ():
                 if call.function is not None:  # no published formula: name + arguments + framing
-                    total += 3 + text(call.function.name, encoding) + text(call.function.arguments, encoding)
+                    total += 3 + text(call.function.name, encoding, budget)
+                    total += text(call.function.arguments, encoding, budget)
         for tool in request.tools or ():
             if tool.function is not None:
-                total += self._openai_function(tool.function, encoding)
+                total += self._openai_function(tool.function, encoding, budget)
         return total
 
-    def _openai_function(self, f: _FunctionDef, encoding: str) -> int:
+    def _openai_function(self, f: _FunctionDef, encoding: str, budget: MergeBudget) -> int:
         """The cookbook's num_tokens_for_tools, per function."""
         init = FUNC_INIT_CL100K if encoding == "cl100k_base" else FUNC_INIT
-        total = init + self.text(f"{f.name}:{f.description.rstrip('.')}", encoding)
+        total = init + self.text(f"{f.name}:{f.description.rstrip('.')}", encoding, budget)
         properties = (f.parameters.properties if f.parameters else None) or {}
         if properties:
             total += PROP_INIT
             for key, spec in properties.items():
                 kind = spec.get("type", "")
                 description = str(spec.get("description", "")).rstrip(".")
-                total += PROP_KEY + self.text(f"{key}:{kind}:{description}", encoding)
+                total += PROP_KEY + self.text(f"{key}:{kind}:{description}", encoding, budget)
                 enum = spec.get("enum")
                 if isinstance(enum, list):
-                    total += ENUM_INIT + sum(ENUM_ITEM + self.text(str(item), encoding) for item in enum)
+                    total += ENUM_INIT + sum(ENUM_ITEM + self.text(str(item), encoding, budget) for item in enum)
         return total + FUNC_END
 
     # -- Anthropic-shaped requests (§6.3 estimate on tiktoken counts) ---------------------------------
 
-    def _anthropic(self, request: _AnthropicRequest, encoding: str, family: str) -> int:
+    def _anthropic(self, request: _AnthropicRequest, encoding: str, family: str, budget: MergeBudget) -> int:
         total = 0
         if isinstance(request.system, str):
-            total += self.text(request.system, encoding)
+            total += self.text(request.system, encoding, budget)
         elif request.system:
-            total += self._blocks(request.system, encoding, family)
+            total += self._blocks(request.system, encoding, family, budget)
         live = _live_thinking_turn(request.messages)
         for i, m in enumerate(request.messages):
             total += PER_MESSAGE
             if isinstance(m.content, str):
-                total += self.text(m.content, encoding)
+                total += self.text(m.content, encoding, budget)
             else:
-                total += self._blocks(m.content, encoding, family, thinking=i == live)
+                total += self._blocks(m.content, encoding, family, budget, thinking=i == live)
         if request.tools:
             total += ANTHROPIC_TOOL_PREAMBLE
             for tool in request.tools:
-                total += self.text(tool.name, encoding) + self.text(tool.description, encoding)
-                total += self.text(bytes(tool.input_schema).decode(), encoding)
+                total += self.text(tool.name, encoding, budget) + self.text(tool.description, encoding, budget)
+                total += self.text(bytes(tool.input_schema).decode(), encoding, budget)
         return total
 
-    def _blocks(self, blocks: list[_Block], encoding: str, family: str, thinking: bool = True) -> int:
+    def _blocks(self, blocks: list[_Block], encoding: str, family: str, budget: MergeBudget,
+                thinking: bool = True) -> int:
         total = 0
         for b in blocks:
             if b.text is not None:
-                total += self.text(b.text, encoding)
+                total += self.text(b.text, encoding, budget)
             elif b.type == "image" or b.type == "document":
                 total += self._image(family)
             elif b.type == "tool_use":
-                total += 3 + self.text(b.name or "", encoding)
-                total += self.text(bytes(b.input).decode(), encoding)
+                total += 3 + self.text(b.name or "", encoding, budget)
+                total += self.text(bytes(b.input).decode(), encoding, budget)
             elif b.type == "tool_result":
                 if isinstance(b.content, str):
-                    total += 3 + self.text(b.content, encoding)
+                    total += 3 + self.text(b.content, encoding, budget)
                 elif b.content:
-                    total += 3 + self._blocks(b.content, encoding, family)
+                    total += 3 + self._blocks(b.content, encoding, family, budget)
             elif b.type == "thinking" and thinking and b.thinking:
-                total += self.text(b.thinking, encoding)
+                total += self.text(b.thinking, encoding, budget)
         return total
 
     @staticmethod
