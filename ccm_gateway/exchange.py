@@ -118,12 +118,15 @@ class Exchange:
         self.status = 0  # of the response head once it is sent (0: nothing sent yet)
         self._hooks: list[Callable[[Message], None]] | None = None
 
-    def on_response_start(self, hook: Callable[[Message], None]) -> None:
-        """Have ``hook`` amend the response head (add or replace headers) before it leaves.
+    def on_response_start(self, hook: Callable[[Exchange, Message], None]) -> None:
+        """Have ``hook(exchange, message)`` amend the response head (add or replace headers) before it
+        leaves.
 
         The stages that only add headers register a hook instead of wrapping ``send``: one wrapper
         (``sender``) serves the whole chain, rather than a coroutine per stage for every message —
-        every chunk of a stream. Hooks run innermost stage first, as nested wrappers would."""
+        every chunk of a stream. Hooks run innermost stage first, as nested wrappers would. A hook
+        gets the Exchange as an argument so it need not hold it: an Exchange that referred to itself
+        through its hooks would outlive its request until the cyclic GC ran (its body with it)."""
         if self._hooks is None:
             self._hooks = []
         self._hooks.append(hook)
@@ -134,9 +137,10 @@ class Exchange:
         async def send_with_hooks(message: Message) -> None:
             if message["type"] == "http.response.start":
                 self.status = message["status"]
-                if self._hooks:
-                    for hook in reversed(self._hooks):
-                        hook(message)
+                hooks, self._hooks = self._hooks, None  # a head is sent once
+                if hooks:
+                    for hook in reversed(hooks):
+                        hook(self, message)
             await send(message)
 
         return send_with_hooks

@@ -12,7 +12,6 @@ exactly one attempt.
 from __future__ import annotations
 
 import math
-from functools import partial
 
 from ..errors import GatewayError, ServiceUnavailable
 from ..exchange import Exchange, exchange_of
@@ -42,7 +41,7 @@ class BreakerMiddleware:
             raise ServiceUnavailable(
                 f"every deployment of model '{ex.model}' is unavailable right now (circuit open or cooling down)",
                 headers={"retry-after": str(max(1, math.ceil(wait))), "x-should-retry": "false"})
-        ex.on_response_start(partial(add_tags, ex))
+        ex.on_response_start(add_tags)
         await self.app(scope, receive, send)
 
     def blocked(self, ex: Exchange) -> float | None:

@@ -78,7 +78,7 @@ class RateLimitMiddleware:
             raise RateLimited(_message(admission.retry_after), headers=_retry_headers(admission.retry_after, headers))
         ours = limit_headers(kinds, admission)
 
-        def add_limits(message: dict[str, Any]) -> None:  # ours replace an upstream's
+        def add_limits(_: Exchange, message: dict[str, Any]) -> None:  # ours replace an upstream's
             message["headers"] = [h for h in message.get("headers", ()) if not h[0].startswith(_PREFIX)] + ours
 
         ex.on_response_start(add_limits)

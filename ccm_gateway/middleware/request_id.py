@@ -8,7 +8,7 @@ import re
 import threading
 from typing import Any
 
-from ..exchange import exchange_of
+from ..exchange import Exchange, exchange_of
 from .types import ASGIApp, Receive, Scope, Send
 
 _VALID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
@@ -60,7 +60,7 @@ class RequestIdMiddleware:
             ex.request_id = client_request_id(scope) or new_request_id()
         value = ex.request_id.encode()
 
-        def add_id(message: dict[str, Any]) -> None:
+        def add_id(_: Exchange, message: dict[str, Any]) -> None:
             headers = message.setdefault("headers", [])
             for name, _ in headers:
                 if name == _HEADER:
