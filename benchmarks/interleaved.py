@@ -6,6 +6,7 @@ gateway (every stage on) take turns in short slices, round after round, and each
 ratio; the median over the rounds is the figure, the spread says how far to trust it.
 
     python -m benchmarks.interleaved [--rounds 7] [--seconds 2]
+    python -m benchmarks.interleaved --stream [--rounds 9]    # the streaming target: CPU per stream
 """
 
 from __future__ import annotations
@@ -37,7 +38,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--stream", action="store_true", help="the streaming target (50 chunks, c=16) instead")
     args = parser.parse_args()
+    if args.stream:
+        streaming(args.rounds, args.seconds)
+        return
     procs = Processes()
     try:
         print(f"load average before: {os.getloadavg()[0]:.2f}")
@@ -60,6 +65,25 @@ def main() -> None:
         print(f"median over {args.rounds} rounds: added latency {statistics.median(added):+.3f} ms "
               f"(range {min(added):+.3f} … {max(added):+.3f}); throughput {statistics.median(ratios):.2f}× "
               f"(range {min(ratios):.2f} … {max(ratios):.2f}); CPU per request {statistics.median(cpu):.2f}×")
+    finally:
+        procs.stop()
+
+
+def streaming(rounds: int, seconds: float) -> None:
+    """Stream pass-through CPU per streamed event, gateway ÷ bare proxy, in alternating slices."""
+    procs = Processes()
+    try:
+        s = Scenario("sse 50 chunks c=16", stream=True, chunks=50, concurrency=16)
+        ratios: list[float] = []
+        for n in range(rounds):
+            bare, bare_cpu = slice_of(procs, "bare", s, seconds)
+            gateway, gw_cpu = slice_of(procs, "gateway", s, seconds)
+            bare_us, gw_us = bare_cpu / bare.count * 1e6, gw_cpu / gateway.count * 1e6
+            ratios.append(gw_us / bare_us)
+            print(f"round {n + 1}: CPU per stream bare {bare_us:.0f} µs, gateway {gw_us:.0f} µs: {ratios[-1]:.2f}×; "
+                  f"errors {bare.errors + gateway.errors}", flush=True)
+        print(f"median over {rounds} rounds: stream CPU per event {statistics.median(ratios):.2f}× the bare proxy's "
+              f"(range {min(ratios):.2f} … {max(ratios):.2f})")
     finally:
         procs.stop()
 
