@@ -17,15 +17,16 @@ import aiohttp
 from .dialects import Dialect
 from .dialects import gemini_embeddings as gemini
 from .dialects.openai_embeddings import EmbeddingsHead
-from .errors import GatewayError, InvalidRequest, UpstreamError, UpstreamTimeout, UpstreamUnavailable, error_for_status
+from .errors import GatewayError, InvalidRequest, UpstreamError, error_for_status
 from .exchange import Exchange, exchange_of
 from .middleware.types import Receive, Scope, Send
 from .providers.kinds import EMBEDDINGS
-from .providers.upstream import Upstream, UpstreamResponse
+from .providers.upstream import Upstream
 from .proxy import (
     MAX_ERROR_BODY,
     Opened,
     PassThrough,
+    read_whole,
     redact_credentials,
     response_headers,
     run_attempts,
@@ -123,7 +124,7 @@ class GeminiEmbeddings(PassThroughEmbeddings):
                         resp.close()
                     raise gemini_error(upstream, resp.status, resp.headers, error_body)
             try:
-                raw = await _read_whole(upstream, resp, opened.deadline)
+                raw = await read_whole(upstream, resp, opened.deadline, MAX_GEMINI_BODY)
             finally:
                 if i:
                     resp.close()
@@ -152,18 +153,5 @@ def gemini_error(upstream: Upstream, status: int, headers: Mapping[str, str], bo
     if retry_after:
         err.headers["retry-after"] = retry_after
     return err
-
-
-async def _read_whole(upstream: Upstream, resp: UpstreamResponse, deadline: float) -> bytes:
-    try:
-        async with asyncio.timeout_at(deadline):
-            raw = await resp.read(MAX_GEMINI_BODY + 1)
-    except TimeoutError:
-        raise UpstreamTimeout(f"upstream {upstream.name} did not finish its answer in time") from None
-    except aiohttp.ClientError as exc:
-        raise UpstreamUnavailable(f"upstream {upstream.name} connection failed ({type(exc).__name__})") from None
-    if len(raw) > MAX_GEMINI_BODY:
-        raise UpstreamError(f"upstream {upstream.name} answer exceeds {MAX_GEMINI_BODY} bytes", status=502)
-    return raw
 
 

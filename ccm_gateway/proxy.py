@@ -498,16 +498,7 @@ class Pipe:
         limit = upstream.max_response_bytes
         if int(resp.headers.get("content-length") or 0) > limit:
             raise UpstreamUnavailable(f"upstream {upstream.name} answer exceeds {limit} bytes")
-        try:
-            async with asyncio.timeout_at(deadline):
-                body = await resp.read(limit + 1)
-        except TimeoutError:
-            raise UpstreamTimeout(f"upstream {upstream.name} did not finish its answer in time") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(f"upstream {upstream.name} connection failed ({type(exc).__name__})") \
-                from None
-        if len(body) > limit:
-            raise UpstreamUnavailable(f"upstream {upstream.name} answer exceeds {limit} bytes")
+        body = await read_whole(upstream, resp, deadline, limit)
         if ex.first_byte_at is None:
             ex.first_byte_at = asyncio.get_running_loop().time()
         if len(body) <= MAX_USAGE_BODY:
@@ -521,6 +512,21 @@ class Pipe:
                     extra={"request_id": self.ex.request_id})
         await self.send({"type": "http.response.body", "body": WIRE[self.ex.dialect].error_frame(err),
                          "more_body": False})
+
+
+async def read_whole(upstream: Upstream, resp: UpstreamResponse, deadline: float, limit: int) -> bytes:
+    """An upstream answer read whole: 504 past ``deadline`` (loop time), 502 when the connection
+    fails or the answer exceeds ``limit`` bytes."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            body = await resp.read(limit + 1)
+    except TimeoutError:
+        raise UpstreamTimeout(f"upstream {upstream.name} did not finish its answer in time") from None
+    except aiohttp.ClientError as exc:
+        raise UpstreamUnavailable(f"upstream {upstream.name} connection failed ({type(exc).__name__})") from None
+    if len(body) > limit:
+        raise UpstreamUnavailable(f"upstream {upstream.name} answer exceeds {limit} bytes")
+    return body
 
 
 async def prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
