@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from .exchange import route_path
 from .types import ASGIApp, Receive, Scope, Send
 
 
@@ -21,11 +22,7 @@ class EndpointDispatch:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            path: str = scope["path"]
-            root = scope.get("root_path", "")
-            if root and path.startswith(root):
-                path = path[len(root):]
-            endpoint = self.endpoints.get(path)
+            endpoint = self.endpoints.get(route_path(scope))
             if endpoint is not None:
                 await endpoint(scope, receive, send)
                 return

@@ -23,12 +23,18 @@ from .types import ASGIApp, Receive, Scope, Send
 log = logging.getLogger("ccm_gateway")
 
 
-def dialect_for(scope: Scope) -> Dialect | None:
-    """The caller's protocol, from the path (mount prefixes allowed); None outside the API."""
+def route_path(scope: Scope) -> str:
+    """The request path below the app's mount point (``Mount("/llm", app)`` → ``/v1/...``)."""
     path: str = scope["path"]
     root = scope.get("root_path", "")
     if root and path.startswith(root):
         path = path[len(root):]
+    return path
+
+
+def dialect_for(scope: Scope) -> Dialect | None:
+    """The caller's protocol, from the path (mount prefixes allowed); None outside the API."""
+    path = route_path(scope)
     if not path.startswith("/v1/"):
         return None
     if path.startswith("/v1/messages"):
