@@ -31,6 +31,7 @@ from .errors import (
     error_for_status,
 )
 from .exchange import Exchange, exchange_of
+from .idle_timeout import IdleTimeout
 from .middleware.types import Receive, Scope, Send
 from .observability.tracing import attempt_span
 from .providers.upstream import Upstream, UpstreamResponse
@@ -450,14 +451,14 @@ class Pipe:
         chunk: bytes | None = first
         chunk_at = gap = 0.0  # observability: the longest gap between chunks
         try:
-            async with asyncio.timeout(min(loop.time() + idle, cap)) as timer:
+            async with IdleTimeout(idle, cap) as timer:
                 while True:
                     if chunk is None:
                         try:
                             chunk = await next_chunk()
                         except StopAsyncIteration:
                             break
-                    now = loop.time()
+                    now = timer.last = loop.time()
                     if ex.first_byte_at is None:
                         ex.first_byte_at = now
                     elif now - chunk_at > gap:
@@ -470,7 +471,6 @@ class Pipe:
                     if chunk:
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
                     chunk = None
-                    timer.reschedule(min(now + idle, cap))
         except TimeoutError:
             await self._fail(UpstreamTimeout(f"upstream {self.upstream.name} stopped sending"))
             return False

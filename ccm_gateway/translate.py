@@ -25,6 +25,7 @@ from .dialects import canonical as c
 from .dialects.translate_errors import upstream_error
 from .errors import GatewayError, InvalidRequest, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from .exchange import Exchange
+from .idle_timeout import IdleTimeout
 from .middleware.types import Send
 from .providers.upstream import Upstream, UpstreamResponse
 from .proxy import (
@@ -274,7 +275,7 @@ class _Stream:
         feed: Callable[[bytes], list[c.Ev]] = self.decoder.feed
         chunk_at = 0.0  # observability: the longest gap between chunks
         try:
-            async with asyncio.timeout(min(loop.time() + idle, cap)) as timer:
+            async with IdleTimeout(idle, cap) as timer:
                 async for chunk in chunks:
                     now = loop.time()
                     if ex.first_byte_at is None:
@@ -288,7 +289,7 @@ class _Stream:
                             return False
                     elif not self.started and self.decoder.parsed:  # e.g. OpenAI's role-only first chunk
                         await self._write(b"")
-                    timer.reschedule(min(loop.time() + idle, cap))
+                    timer.last = loop.time()  # after the writes: a slow client's send is not upstream idleness
             events = self.decoder.close()
             if events and not await self._events(events):
                 return False
