@@ -19,7 +19,7 @@ _GENERATED = re.compile(
     rb'"(?:content|text|thinking|partial_json|arguments|reasoning_content|reasoning)":\s*"((?:[^"\\]|\\.)*)"'
 )
 _ENDINGS = (b"[DONE]", b"message_stop")
-_TAIL = 64
+_END_WINDOW = 256  # the last bytes of a stream that must hold its terminator
 
 
 KEEP_BYTES = 1024 * 1024  # chunks kept for a count that is rarely needed; beyond this, count as they come
@@ -28,31 +28,50 @@ KEEP_BYTES = 1024 * 1024  # chunks kept for a count that is rarely needed; beyon
 class OutputCounter:
     """Counts generated characters in the bytes of one response, and whether the stream ended.
 
-    The count is needed only when the provider reports no usage, which is rare, so chunks are kept
-    (references, no copies) and scanned on first use of ``tokens``: a stream with usage costs a
-    list append per chunk instead of a regex scan (~5% of gateway CPU when streaming, measured).
+    The count is needed only when the provider reports no usage, which is rare, and the ending is
+    asked once, at the end: so chunks are kept (references, no copies) and looked at on first use —
+    a list append per chunk instead of a regex scan and a terminator search (~5% and ~3% of the
+    gateway's CPU per streamed chunk, measured).
     """
 
-    __slots__ = ("_chars", "_kept", "_kept_size", "ended", "tail")
+    __slots__ = ("_chars", "_end", "_kept", "_kept_size")
 
     def __init__(self) -> None:
         self._chars = 0
         self._kept: list[bytes] = []
         self._kept_size = 0
-        self.ended = False
-        self.tail = b""
+        self._end = b""  # the last bytes of chunks already counted and dropped
 
     def feed(self, chunk: bytes) -> None:
-        self._kept.append(chunk)
-        self._kept_size += len(chunk)
-        if self._kept_size > KEEP_BYTES:
-            self._count_kept()
-        window = self.tail + chunk[:_TAIL]
-        if any(end in window or end in chunk[-_TAIL:] for end in _ENDINGS):
-            self.ended = True
-        self.tail = chunk[-_TAIL:]
+        if chunk:
+            self._kept.append(chunk)
+            self._kept_size += len(chunk)
+            if self._kept_size > KEEP_BYTES:
+                self._count_kept()
+
+    @property
+    def ended(self) -> bool:
+        """True when the last 256 bytes so far hold a stream terminator (``[DONE]``, ``message_stop``):
+        the stream ended as its protocol ends one, not cut off or ended by an error event."""
+        end = self._last_bytes()
+        return any(e in end for e in _ENDINGS)
+
+    def _last_bytes(self) -> bytes:
+        parts: list[bytes] = []
+        size = 0
+        for chunk in reversed(self._kept):
+            parts.append(chunk)
+            size += len(chunk)
+            if size >= _END_WINDOW:
+                break
+        else:
+            parts.append(self._end)
+        return b"".join(reversed(parts))[-_END_WINDOW:]
 
     def _count_kept(self) -> None:
+        if not self._kept:
+            return
+        self._end = self._last_bytes()
         for chunk in self._kept:
             for m in _GENERATED.finditer(chunk):
                 self._chars += len(m.group(1))

@@ -49,32 +49,36 @@ class BillingMiddleware:
 class _BilledSend:
     """The send wrapper: counts generated text, adds the billing headers, holds JSON answers."""
 
-    __slots__ = ("complete", "counter", "ex", "held", "held_size", "hold", "meter", "send")
+    __slots__ = ("complete", "counter", "ex", "held", "held_size", "hold", "meter", "send", "streaming")
 
     def __init__(self, send: Send, ex: Exchange, hold: Hold, meter: Meter) -> None:
         self.send, self.ex, self.hold, self.meter = send, ex, hold, meter
         self.counter = OutputCounter()
         self.complete = False
+        self.streaming = False  # the head said text/event-stream: every later message is a stream chunk
         self.held: list[Message] | None = None
         self.held_size = 0
 
     async def __call__(self, message: Message) -> None:
+        if self.streaming:  # a stream's chunks: the shortest way through, it runs for every one
+            self.counter.feed(message.get("body", b""))
+            if not message.get("more_body", False):
+                self.complete = self.counter.ended
+            await self.send(message)
+            return
         kind = message["type"]
         if kind == "http.response.start":
             headers = list(message.get("headers", ()))
-            self.hold.streaming = any(n == b"content-type" and v.startswith(b"text/event-stream") for n, v in headers)
+            streaming = any(n == b"content-type" and v.startswith(b"text/event-stream") for n, v in headers)
+            self.hold.streaming = self.streaming = streaming
             message["headers"] = headers + self._head_headers()
-            if not self.hold.streaming:
+            if not streaming:
                 self.held = [message]  # until the body is complete: then the cost is known
                 return
-        elif kind == "http.response.body":
+        elif kind == "http.response.body":  # a JSON answer (held; counted only if it lacks usage)
             body = message.get("body", b"")
-            if body and self.hold.streaming:  # a held JSON body is counted only if it lacks usage
-                self.counter.feed(body)
             last = not message.get("more_body", False)
-            if self.hold.streaming:
-                self.complete = self.complete or (last and self.counter.ended)
-            elif last:
+            if last:
                 self.complete = True
             if self.held is not None:
                 self.held.append(message)
