@@ -42,21 +42,28 @@ class UsageSniffer:
             if self._compact is None:  # the style shows in the first event; a whole stream may be one read
                 head = data[:_STYLE_PROBE]
                 self._compact = b'": ' not in head and b'", "' not in head
-            # One scan of the read (two for spaced JSON): the lines holding a usage object, if any.
-            for start, end in _lines_with(data, cut, (_COMPACT,) if self._compact else (_COMPACT, _SPACED)):
-                if data.startswith(b"data:", start):
-                    self._apply(data[start + 5:end], self._usage)
+            # One scan of the read (two for spaced JSON), continued past the first hit in the rare read
+            # that holds a usage object (one or two per stream) to find the lines that carry one.
+            at = data.find(_COMPACT, 0, cut)
+            spaced = -1 if self._compact else data.find(_SPACED, 0, cut)
+            if at >= 0 or spaced >= 0:
+                for start, end in _lines_with(data, cut, ((_COMPACT, at), (_SPACED, spaced))):
+                    if data.startswith(b"data:", start):
+                        self._apply(data[start + 5:end], self._usage)
+            if cut == len(data):  # the usual read: whole events, nothing left over
+                self._tail = b""
+                return
         tail = data[cut:]
         self._tail = tail if len(tail) <= _MAX_LINE else b""
 
 
-def _lines_with(data: bytes, cut: int, needles: tuple[bytes, ...]) -> list[tuple[int, int]]:
-    """(start, end) of each complete line (before ``cut``) holding one of ``needles``, in stream order:
-    found with C-speed searches, so a read that holds a whole stream (a fast upstream's fifty events
-    arrive at once) costs a few searches, not a test of every line."""
+def _lines_with(data: bytes, cut: int, hits: tuple[tuple[bytes, int], ...]) -> list[tuple[int, int]]:
+    """(start, end) of each complete line (before ``cut``) holding one of the needles, in stream order,
+    given each needle with its first position (-1: none): found with C-speed searches, so a read that
+    holds a whole stream (a fast upstream's fifty events arrive at once) costs a few searches, not a
+    test of every line."""
     spans: set[tuple[int, int]] = set()
-    for needle in needles:
-        at = data.find(needle, 0, cut)
+    for needle, at in hits:
         while at >= 0:
             start = data.rfind(b"\n", 0, at) + 1
             end = data.find(b"\n", at, cut)
