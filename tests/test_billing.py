@@ -22,6 +22,7 @@ import msgspec
 import pytest
 
 from ccm_gateway import create_app, load_config
+from ccm_gateway.billing.estimate import KEEP_BYTES, OutputCounter
 from ccm_gateway.billing.meter import Meter
 from ccm_gateway.dialects import Dialect
 from ccm_gateway.exchange import STATE_KEY, Exchange
@@ -292,3 +293,41 @@ def test_json_answer_without_usage_is_counted_from_its_text() -> None:
     assert headers[b"x-ccm-usage-estimated"] == b"input,cache_read,cache_write,output,reasoning"
     assert float(headers[b"x-ccm-cost-usd"]) == pytest.approx(1e-6 * (ex.usage.input * 1.0 + 4 * 2.0))
     assert [m["type"] for m in sent] == ["http.response.start", "http.response.body", "http.response.body"]
+
+
+_OPENAI_STREAM = [*[b'data: {"choices":[{"delta":{"content":"abcdefgh"}}],"usage":null}\n\n'] * 3, b"data: [DONE]\n\n"]
+_ANTHROPIC_END = (b'event: message_delta\ndata: {"type":"message_delta","usage":{"output_tokens":2}}\n\n'
+                  b'event: message_stop\ndata: {"type":"message_stop"}\n\n')
+
+
+@pytest.mark.parametrize(("chunks", "ended"), [
+    (_OPENAI_STREAM, True),
+    ([b"".join(_OPENAI_STREAM)], True),  # a whole stream in one read
+    ([bytes([b]) for b in b"".join(_OPENAI_STREAM)], True),  # byte by byte: the terminator split up
+    ([_ANTHROPIC_END], True),
+    (_OPENAI_STREAM[:3], False),  # cut off before [DONE]
+    ([*_OPENAI_STREAM[:3], b'data: {"error":{"message":"upstream stopped sending"}}\n\n'], False),
+    ([_ANTHROPIC_END[:60], b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error"}}\n\n'], False),
+    ([], False),
+])
+def test_output_counter_tells_a_stream_that_ended_from_one_that_was_cut(chunks: list[bytes], ended: bool) -> None:
+    counter = OutputCounter()
+    for chunk in chunks:
+        counter.feed(chunk)
+    assert counter.ended is ended
+
+
+def test_output_counter_counts_and_keeps_the_ending_across_its_keep_limit() -> None:
+    """Past KEEP_BYTES the kept chunks are counted and dropped: the count and the stream's last bytes
+    survive it."""
+    counter = OutputCounter()
+    event = b'data: {"choices":[{"delta":{"content":"' + b"x" * 1000 + b'"}}]}\n\n'
+    n = KEEP_BYTES // len(event) + 5
+    for _ in range(n):
+        counter.feed(event)
+    counter.feed(b"data: [DO")
+    counter.feed(b"NE]\n\n")
+    assert counter.ended
+    assert counter.chars == 1000 * n
+    counter.feed(b'data: {"choices":[{"delta":{"content":"' + b"y" * 300 + b'"}}]}\n\n')
+    assert not counter.ended  # it is the stream's last bytes that must hold the terminator
