@@ -6,7 +6,7 @@ gateway (every stage on) take turns in short slices, round after round, and each
 ratio; the median over the rounds is the figure, the spread says how far to trust it.
 
     python -m benchmarks.interleaved [--rounds 7] [--seconds 2]
-    python -m benchmarks.interleaved --stream [--rounds 9]    # the streaming target: CPU per stream
+    python -m benchmarks.interleaved --stream [--paced] [--rounds 9]   # the streaming target: CPU per stream
 """
 
 from __future__ import annotations
@@ -39,9 +39,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--stream", action="store_true", help="the streaming target (50 chunks, c=16) instead")
+    parser.add_argument("--paced", action="store_true", help="with --stream: the upstream's events 2 ms apart")
     args = parser.parse_args()
     if args.stream:
-        streaming(args.rounds, args.seconds)
+        streaming(args.rounds, args.seconds, 2 if args.paced else 0)
         return
     procs = Processes()
     try:
@@ -69,11 +70,12 @@ def main() -> None:
         procs.stop()
 
 
-def streaming(rounds: int, seconds: float) -> None:
-    """Stream pass-through CPU per streamed event, gateway ÷ bare proxy, in alternating slices."""
+def streaming(rounds: int, seconds: float, delay_ms: float) -> None:
+    """Stream pass-through CPU per streamed event, gateway ÷ bare proxy, in alternating slices;
+    ``delay_ms`` apart, each event is its own read and write, else a stream arrives in two or three reads."""
     procs = Processes()
     try:
-        s = Scenario("sse 50 chunks c=16", stream=True, chunks=50, concurrency=16)
+        s = Scenario("sse 50 chunks c=16", stream=True, chunks=50, delay_ms=delay_ms, concurrency=16)
         ratios: list[float] = []
         for n in range(rounds):
             bare, bare_cpu = slice_of(procs, "bare", s, seconds)

@@ -55,11 +55,13 @@ def headline(run: Run) -> list[tuple[str, str, str, str]]:
         ratio = row["gateway"].result.throughput / row["bare"].result.throughput
         rows.append(("throughput, JSON, c=64, 1 worker (gateway ÷ bare)", f"{ratio:.2f}×", "≥ 0.8×",
                      "met" if ratio >= 0.8 else "not met"))
-    row = t.get("sse 50 chunks c=16", {})
-    if row.get("gateway") and row.get("bare") and row["bare"].cpu_per_event_us:
-        ratio = (row["gateway"].cpu_per_event_us or 0) / row["bare"].cpu_per_event_us
-        rows.append(("stream pass-through CPU per chunk (gateway ÷ bare)", f"{ratio:.2f}×", "≤ 1.2×",
-                     "met" if ratio <= 1.2 else "not met"))
+    for scenario, label in (("sse 50 chunks 2 ms apart c=16", "events 2 ms apart: one read and write each"),
+                            ("sse 50 chunks c=16", "50 events at once: per stream ÷ 50")):
+        row = t.get(scenario, {})
+        if row.get("gateway") and row.get("bare") and row["bare"].cpu_per_event_us:
+            ratio = (row["gateway"].cpu_per_event_us or 0) / row["bare"].cpu_per_event_us
+            rows.append((f"stream pass-through CPU per chunk, {label} (gateway ÷ bare)", f"{ratio:.2f}×", "≤ 1.2×",
+                         "met" if ratio <= 1.2 else "not met"))
     translated = t.get("anthropic→openai sse 50 chunks c=16", {}).get("gateway")
     passthrough = t.get("anthropic sse 50 chunks c=16", {}).get("gateway")
     if translated and passthrough and passthrough.cpu_per_event_us:

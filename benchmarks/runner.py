@@ -37,6 +37,7 @@ class Scenario:
     client: str = "openai"  # or "anthropic"
     stream: bool = False
     chunks: int = 20  # text deltas per answer
+    delay_ms: float = 0  # between the upstream's events: 0 sends a stream at once (a proxy reads it in 2-3 reads)
     concurrency: int = 1
     prompt_tokens: int = 20  # ~size of the conversation sent
     workers: int = 1
@@ -50,6 +51,7 @@ SCENARIOS = [
     Scenario("json c=1 (added latency)", concurrency=1),
     Scenario("json c=64 (throughput)", concurrency=64),
     Scenario("sse 50 chunks c=16", stream=True, chunks=50, concurrency=16),
+    Scenario("sse 50 chunks 2 ms apart c=16", stream=True, chunks=50, delay_ms=2, concurrency=16),
     Scenario("anthropic sse 50 chunks c=16", client="anthropic", stream=True, chunks=50, concurrency=16),
     Scenario("anthropic→openai sse 50 chunks c=16", client="anthropic", stream=True, chunks=50, concurrency=16,
              upstream="openai", targets=("direct", "gateway")),
@@ -237,7 +239,7 @@ def history(tokens: int) -> list[dict[str, str]]:
 
 
 def request_for(s: Scenario, target: str, base: str) -> tuple[str, bytes, dict[str, str]]:
-    directives = f"+chunks={s.chunks}"
+    directives = f"+chunks={s.chunks}" + (f"+delay_ms={s.delay_ms:g}" if s.delay_ms else "")
     client_dialect = s.client
     upstream_dialect = s.upstream or s.client
     if target == "gateway":
