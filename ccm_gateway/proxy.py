@@ -11,6 +11,7 @@ that hangs up cancels the upstream read at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -163,6 +164,9 @@ class _Metadata(msgspec.Struct):
 _METADATA = msgspec.json.Decoder(_Metadata)
 
 
+_UNTIMED = contextlib.nullcontext()
+
+
 def all_open(ex: Exchange, plan: Attempts) -> GatewayError:
     """Every member of the route and its fallbacks is open or cooling down: 503 at once."""
     wait = plan.reopen_in()
@@ -201,13 +205,39 @@ async def open_attempt(call: Any, ex: Exchange, remaining: float) -> Opened | Fa
     first_by = min(now + timeouts.first_byte, deadline)
     ex.attempts += 1
     ex.upstream_status = None
+    resp: UpstreamResponse | None = None
+    first = b""
     try:
-        resp = await upstream.send(call.op, call.body, call.headers(), stream, deadline, model=call.model,
-                                   **call.send_options)
+        # A stream's head and first chunk share one timer (both are due by ``first_by``); a JSON
+        # answer's head is bounded inside ``send`` by ``deadline``.
+        async with asyncio.timeout_at(first_by) if stream else _UNTIMED:
+            resp = await upstream.send(call.op, call.body, call.headers(), stream, deadline, model=call.model,
+                                       bounded=stream, **call.send_options)
+            if stream and resp.status < 400 and resp.headers.get("content-type", "").startswith("text/event-stream"):
+                chunks = aiter(resp.chunks())
+                first = await anext(chunks, b"")
+            else:
+                stream = False
+    except TimeoutError:  # only a stream's timer raises it here
+        if resp is None:
+            return Failure(classify(None, timeout=True), error=UpstreamTimeout(
+                f"upstream {upstream.name} did not answer within {max(first_by - now, 0):g}s"))
+        resp.close()
+        return Failure(classify(None, timeout=True),
+                       error=UpstreamTimeout(f"upstream {upstream.name} sent no data within {timeouts.first_byte:g}s"))
     except UpstreamTimeout as err:
         return Failure(classify(None, timeout=True), error=err)
     except UpstreamUnavailable as err:
         return Failure(classify(None, connect_error=True), error=err)
+    except aiohttp.ClientError as exc:  # reading the first chunk
+        assert resp is not None
+        resp.close()
+        return Failure(classify(None), error=UpstreamUnavailable(
+            f"upstream {upstream.name} connection failed ({type(exc).__name__})"))
+    except BaseException:
+        if resp is not None:
+            resp.close()
+        raise
     ex.upstream_status = resp.status
     if resp.status >= 400:
         try:
@@ -220,23 +250,8 @@ async def open_attempt(call: Any, ex: Exchange, remaining: float) -> Opened | Fa
             resp.close()
         return Failure(classify(resp.status, body), status=resp.status, headers=resp.headers, body=body,
                        source=call, retry_after=retry_after(resp.headers))
-    if not (stream and resp.headers.get("content-type", "").startswith("text/event-stream")):
-        return Opened(resp, deadline)  # JSON: committed at its head
-    chunks = aiter(resp.chunks())
-    try:
-        async with asyncio.timeout_at(max(first_by, loop.time() + 0.001)):
-            first = await anext(chunks, b"")
-    except TimeoutError:
-        resp.close()
-        return Failure(classify(None, timeout=True),
-                       error=UpstreamTimeout(f"upstream {upstream.name} sent no data within {timeouts.first_byte:g}s"))
-    except aiohttp.ClientError as exc:
-        resp.close()
-        return Failure(classify(None), error=UpstreamUnavailable(
-            f"upstream {upstream.name} connection failed ({type(exc).__name__})"))
-    except BaseException:
-        resp.close()
-        raise
+    if not stream:
+        return Opened(resp, deadline)  # JSON (also a JSON answer to a stream request): committed at its head
     if not first:
         resp.close()
         return Failure(classify(None), error=UpstreamUnavailable(f"upstream {upstream.name} ended the stream early"))

@@ -28,8 +28,10 @@ class MockProvider(Upstream):
         return None
 
     async def send(
-        self, op: str, body: bytes, headers: dict[str, str], stream: bool, deadline: float, *, model: str = ""
+        self, op: str, body: bytes, headers: dict[str, str], stream: bool, deadline: float, *, model: str = "",
+        bounded: bool = False,
     ) -> _MockResponse:
+        """No network to wait for: ``bounded`` (the caller's timer covers the wait) changes nothing."""
         if op == EMBEDDINGS:
             status, answer = mock_embeddings.openai_embeddings(body)
             return _MockResponse(status, _JSON, [answer], 0)

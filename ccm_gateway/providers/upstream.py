@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import itertools
 import random
 import socket
@@ -25,6 +26,7 @@ from ..secrets import Secret
 from .kinds import KINDS, ProviderKind
 
 USER_AGENT = "ccm-gateway/0.1"
+_UNTIMED = contextlib.nullcontext()
 
 
 class UpstreamResponse(Protocol):
@@ -119,14 +121,16 @@ class Upstream:
 
     async def send(
         self, op: str, body: bytes, headers: dict[str, str], stream: bool, deadline: float, *, model: str = "",
-        first_byte: float | None = None, connect: float | None = None,
+        first_byte: float | None = None, connect: float | None = None, bounded: bool = False,
     ) -> UpstreamResponse:
         """POST a request for ``op`` (a Dialect for a chat call, or "embeddings") to the URL built for
         ``model`` (Azure and Gemini put it in the path); returns once the response head has arrived.
 
         Raises UpstreamUnavailable on connection failures and UpstreamTimeout when the head does not
         come within ``first_byte`` (streams) or by ``deadline`` (loop time; JSON answers arrive whole).
-        ``first_byte`` and ``connect`` override the provider's (a route's ``timeout`` table).
+        ``first_byte`` and ``connect`` override the provider's (a route's ``timeout`` table). ``bounded``:
+        the caller's own timer covers the wait (a stream's head and first chunk share one), so none is
+        set here and its TimeoutError passes through.
         """
         if self._session is None:
             await self.start()
@@ -142,9 +146,11 @@ class Upstream:
         extra = {} if connect is None else {"timeout": aiohttp.ClientTimeout(total=None, connect=connect,
                                                                                sock_connect=connect)}
         try:
-            async with asyncio.timeout_at(loop.time() + wait):
+            async with _UNTIMED if bounded else asyncio.timeout_at(loop.time() + wait):
                 resp = await self._session.post(url, data=body, headers=headers, allow_redirects=False, **extra)
         except TimeoutError:
+            if bounded:
+                raise
             raise UpstreamTimeout(f"upstream {self.name} did not answer within {wait:g}s") from None
         except aiohttp.ClientError as exc:
             raise UpstreamUnavailable(
