@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
+from . import timer_wheel
 from .config import Timeouts
 from .dialects import Dialect, openai_chat
 from .dialects.registry import WIRE
@@ -32,7 +33,6 @@ from .errors import (
     error_for_status,
 )
 from .exchange import Exchange, exchange_of
-from .idle_timeout import IdleTimeout
 from .middleware.types import Receive, Scope, Send
 from .observability.tracing import attempt_span
 from .providers.upstream import Upstream, UpstreamResponse
@@ -210,7 +210,7 @@ async def open_attempt(call: Any, ex: Exchange, remaining: float) -> Opened | Fa
     try:
         # A stream's head and first chunk share one timer (both are due by ``first_by``); a JSON
         # answer's head is bounded inside ``send`` by ``deadline``.
-        async with asyncio.timeout_at(first_by) if stream else _UNTIMED:
+        async with timer_wheel.timeout_at(first_by) if stream else _UNTIMED:
             resp = await upstream.send(call.op, call.body, call.headers(), stream, deadline, model=call.model,
                                        bounded=stream, **call.send_options)
             if stream and resp.status < 400 and resp.headers.get("content-type", "").startswith("text/event-stream"):
@@ -337,7 +337,7 @@ async def until_disconnect(run: Awaitable[None], receive: Receive, ex: Exchange)
         nonlocal watcher
         watcher = loop.create_task(watch_disconnect(receive, ex, task))
 
-    timer = loop.call_later(WATCH_AFTER, start_watching)
+    timer = timer_wheel.call_at(loop.time() + WATCH_AFTER, start_watching)
     try:
         await run
     except asyncio.CancelledError:
@@ -466,7 +466,7 @@ class Pipe:
         chunk: bytes | None = first
         chunk_at = gap = 0.0  # observability: the longest gap between chunks
         try:
-            async with IdleTimeout(idle, cap) as timer:
+            async with timer_wheel.IdleTimeout(idle, cap) as timer:
                 while True:
                     if chunk is None:
                         try:
@@ -533,7 +533,7 @@ async def read_whole(upstream: Upstream, resp: UpstreamResponse, deadline: float
     """An upstream answer read whole: 504 past ``deadline`` (loop time), 502 when the connection
     fails or the answer exceeds ``limit`` bytes."""
     try:
-        async with asyncio.timeout_at(deadline):
+        async with timer_wheel.timeout_at(deadline):
             body = await resp.read(limit + 1)
     except TimeoutError:
         raise UpstreamTimeout(f"upstream {upstream.name} did not finish its answer in time") from None

@@ -20,12 +20,12 @@ from typing import Any
 import aiohttp
 import msgspec
 
+from . import timer_wheel
 from .dialects import Dialect, anthropic_stream, anthropic_translate, gemini, openai_stream, openai_translate
 from .dialects import canonical as c
 from .dialects.translate_errors import upstream_error
 from .errors import GatewayError, InvalidRequest, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from .exchange import Exchange
-from .idle_timeout import IdleTimeout
 from .middleware.types import Send
 from .providers.upstream import Upstream, UpstreamResponse
 from .proxy import (
@@ -168,7 +168,7 @@ class Translated:
 
     async def _read_response(self, resp: UpstreamResponse, deadline: float) -> c.Response:
         try:
-            async with asyncio.timeout_at(deadline):
+            async with timer_wheel.timeout_at(deadline):
                 body = await resp.read(MAX_USAGE_BODY)
         except TimeoutError:
             raise UpstreamTimeout(f"upstream {self.upstream.name} did not finish its answer in time") from None
@@ -275,7 +275,7 @@ class _Stream:
         feed: Callable[[bytes], list[c.Ev]] = self.decoder.feed
         chunk_at = 0.0  # observability: the longest gap between chunks
         try:
-            async with IdleTimeout(idle, cap) as timer:
+            async with timer_wheel.IdleTimeout(idle, cap) as timer:
                 async for chunk in chunks:
                     now = loop.time()
                     if ex.first_byte_at is None:

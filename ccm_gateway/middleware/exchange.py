@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from .. import timer_wheel
 from ..dialects import Dialect
 from ..dialects.registry import WIRE
 from ..errors import GatewayError, InvalidRequest, RequestTooLarge, ServiceUnavailable
@@ -158,7 +159,7 @@ async def read_body_within(scope: Scope, receive: Receive, limit: int, seconds: 
     if seconds is None:
         return await read_body(scope, receive, limit)
     try:
-        async with asyncio.timeout(seconds):
+        async with timer_wheel.timeout(seconds):
             return await read_body(scope, receive, limit)
     except TimeoutError:
         raise InvalidRequest(f"request body not received within {seconds:g}s", status=408) from None

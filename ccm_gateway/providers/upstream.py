@@ -19,6 +19,7 @@ from urllib.parse import urlencode
 
 import aiohttp
 
+from .. import timer_wheel
 from ..config import ProviderConfig
 from ..dialects import Dialect
 from ..errors import UpstreamTimeout, UpstreamUnavailable
@@ -146,7 +147,7 @@ class Upstream:
         extra = {} if connect is None else {"timeout": aiohttp.ClientTimeout(total=None, connect=connect,
                                                                                sock_connect=connect)}
         try:
-            async with _UNTIMED if bounded else asyncio.timeout_at(loop.time() + wait):
+            async with _UNTIMED if bounded else timer_wheel.timeout_at(loop.time() + wait):
                 resp = await self._session.post(url, data=body, headers=headers, allow_redirects=False, **extra)
         except TimeoutError:
             if bounded:

@@ -1,4 +1,4 @@
-"""IdleTimeout: a stream's idle timeout without a timer operation per chunk (ccm_gateway/idle_timeout.py)."""
+"""The request path's timeouts on one coarse timer wheel per event loop (ccm_gateway/timer_wheel.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import math
 import time
 
 import pytest
+import uvloop
 
-from ccm_gateway.idle_timeout import IdleTimeout
+from ccm_gateway import timer_wheel
+from ccm_gateway.timer_wheel import IdleTimeout
 
 
 async def _chunks(timer: IdleTimeout, gaps: list[float]) -> int:
@@ -139,3 +141,99 @@ async def _a_cancellation_that_meets_the_expiry_stays_a_cancellation() -> None:
     loop.call_later(0.005, task.cancel)
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+def test_timeout_at_fires_after_its_time_and_not_before() -> None:
+    asyncio.run(_timeout_at_fires_after_its_time_and_not_before())
+
+
+async def _timeout_at_fires_after_its_time_and_not_before() -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(TimeoutError):
+        async with timer_wheel.timeout_at(started + 0.05):
+            await asyncio.sleep(1)
+    # at the wheel's precision: never early, at most two ticks (plus scheduling) late
+    assert 0.05 <= loop.time() - started < 0.05 + 2 * timer_wheel.TICK + 0.1
+    async with timer_wheel.timeout(0.2):
+        await asyncio.sleep(0.05)  # done in time: nothing raised
+
+
+def test_call_at_runs_its_callback_once_unless_cancelled() -> None:
+    asyncio.run(_call_at_runs_its_callback_once_unless_cancelled())
+
+
+async def _call_at_runs_its_callback_once_unless_cancelled() -> None:
+    loop = asyncio.get_running_loop()
+    ran: list[str] = []
+    timer_wheel.call_at(loop.time() + 0.02, lambda: ran.append("due"))
+    dropped = timer_wheel.call_at(loop.time() + 0.02, lambda: ran.append("cancelled"))
+    dropped.cancel()
+    timer_wheel.call_at(loop.time() - 1, lambda: ran.append("past"))  # already due: the next visit
+    await asyncio.sleep(0.1)
+    assert sorted(ran) == ["due", "past"]
+
+
+def test_a_callback_may_cancel_an_entry_of_the_same_slot() -> None:
+    asyncio.run(_a_callback_may_cancel_an_entry_of_the_same_slot())
+
+
+async def _a_callback_may_cancel_an_entry_of_the_same_slot() -> None:
+    loop = asyncio.get_running_loop()
+    ran: list[str] = []
+    when = loop.time() + 0.02
+    later: list[timer_wheel.Later] = []
+    timer_wheel.call_at(when, lambda: (ran.append("first"), later[0].cancel()))
+    later.append(timer_wheel.call_at(when, lambda: ran.append("second")))
+    await asyncio.sleep(0.1)
+    assert ran == ["first"]
+
+
+def test_a_stalled_loop_fires_what_fell_due_once_and_the_idle_wheel_is_forgotten() -> None:
+    asyncio.run(_a_stalled_loop_fires_what_fell_due_once_and_the_idle_wheel_is_forgotten())
+
+
+async def _a_stalled_loop_fires_what_fell_due_once_and_the_idle_wheel_is_forgotten() -> None:
+    loop = asyncio.get_running_loop()
+    ran: list[int] = []
+    for i in range(20):
+        timer_wheel.call_at(loop.time() + 0.01 * i, lambda i=i: ran.append(i))
+    time.sleep(0.5)  # the loop is blocked for fifty ticks
+    await asyncio.sleep(0.05)
+    assert ran == list(range(20))
+    assert loop not in timer_wheel._wheels  # nothing armed: no timer left running, no loop kept
+
+
+def test_timeouts_and_streams_of_progress_on_uvloop() -> None:
+    """The standalone server runs on uvloop: many timeouts at once, some expiring, some kept alive."""
+    async def main() -> tuple[int, int]:
+        async def one(i: int) -> str:
+            try:
+                async with IdleTimeout(0.05) as timer:
+                    for _ in range(5):
+                        await asyncio.sleep(0.02 if i % 2 else 0.2)  # odd: progress in time; even: too slow
+                        timer.last = asyncio.get_running_loop().time()
+                return "done"
+            except TimeoutError:
+                return "timed out"
+
+        results = await asyncio.gather(*(one(i) for i in range(200)))
+        return results.count("done"), results.count("timed out")
+
+    assert uvloop.run(main()) == (100, 100)
+
+
+def test_the_wheel_sleeps_until_its_earliest_timeout() -> None:
+    """Timeouts seconds ahead must not wake the process every tick (an idle gateway with open streams)."""
+    asyncio.run(_the_wheel_sleeps_until_its_earliest_timeout())
+
+
+async def _the_wheel_sleeps_until_its_earliest_timeout() -> None:
+    loop = asyncio.get_running_loop()
+    far = [timer_wheel.call_at(loop.time() + 60 + i, lambda: None) for i in range(5)]
+    wheel = timer_wheel._wheels[loop]
+    assert wheel._handle is not None and wheel._handle.when() >= loop.time() + 59.9
+    soon = timer_wheel.call_at(loop.time() + 1, lambda: None)  # an earlier one moves the timer forward
+    assert wheel._handle.when() <= loop.time() + 1.1
+    for entry in [*far, soon]:
+        entry.cancel()
