@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -144,12 +145,12 @@ def _charts(t: dict[str, dict[str, Measurement]], out: Path) -> None:
         ("ms", "p50 latency", "latency.png", lambda m: m.result.pct(50)),
         ("req/s", "throughput", "throughput.png", lambda m: m.result.throughput),
     ):
-        fig, ax = plt.subplots(figsize=(11, 4.5))
+        fig, ax = plt.subplots(figsize=(max(11, 1.1 * len(names)), 5))
         width = 0.8 / len(targets)
         for i, target in enumerate(targets):
             values = [getter(t[n][target]) if target in t[n] and t[n][target].result.count else 0 for n in names]
             ax.bar([x + (i - (len(targets) - 1) / 2) * width for x in range(len(names))], values, width, label=target)
-        ax.set_xticks(range(len(names)), [n.replace(" (", "\n(") for n in names], fontsize=7)
+        ax.set_xticks(range(len(names)), [textwrap.fill(n, 16) for n in names], fontsize=7)
         ax.set_ylabel(metric)
         peers = " vs LiteLLM" if len(targets) > 3 else ""
         ax.set_title(f"{title}: upstream direct vs bare proxy vs ccm_gateway{peers}")
