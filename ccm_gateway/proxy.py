@@ -213,6 +213,7 @@ async def open_attempt(call: Any, ex: Exchange, remaining: float) -> Opened | Fa
         async with timer_wheel.timeout_at(first_by) if stream else _UNTIMED:
             resp = await upstream.send(call.op, call.body, call.headers(), stream, deadline, model=call.model,
                                        bounded=stream, **call.send_options)
+            ex.upstream_status = resp.status  # it answered: a failure from here on is "cut", not "no upstream"
             if stream and resp.status < 400 and resp.headers.get("content-type", "").startswith("text/event-stream"):
                 chunks = aiter(resp.chunks())
                 first = await anext(chunks, b"")
@@ -238,7 +239,6 @@ async def open_attempt(call: Any, ex: Exchange, remaining: float) -> Opened | Fa
         if resp is not None:
             resp.close()
         raise
-    ex.upstream_status = resp.status
     if resp.status >= 400:
         try:
             try:

@@ -331,3 +331,17 @@ def test_output_counter_counts_and_keeps_the_ending_across_its_keep_limit() -> N
     assert counter.chars == 1000 * n
     counter.feed(b'data: {"choices":[{"delta":{"content":"' + b"y" * 300 + b'"}}]}\n\n')
     assert not counter.ended  # it is the stream's last bytes that must hold the terminator
+
+
+def test_client_that_leaves_before_the_first_chunk_is_recorded_as_disconnected(billed: Billed) -> None:
+    """The upstream answered 200 and the gateway waits for its first chunk (the commit point) when the
+    client hangs up: the record says the upstream was reached ("disconnected"), not "no_upstream"
+    (which would refund a request the provider may bill)."""
+    model = "ant/claude-w+stall_first_ms=3000"
+    headers = {"authorization": f"Bearer {RICH}", "x-request-id": "left-before-first-chunk", **ANT}
+    body = {"model": model, "max_tokens": 100, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    with pytest.raises(httpx.ReadTimeout):  # nothing reaches the client before the first chunk
+        httpx.post(billed.server.base_url + "/v1/messages", json=body, headers=headers,
+                   timeout=httpx.Timeout(10, read=0.5))
+    record = billed.final("left-before-first-chunk")
+    assert record["outcome"] == "disconnected", str(record)
