@@ -7,7 +7,7 @@ starts — and a stream's idle timer would be re-armed for every chunk. None of 
 precision: they are seconds long. Here a timeout is an entry in a slot of a wheel of ``TICK``-wide
 slots, and one loop timer is set for the earliest occupied slot, so arming and disarming are dict
 operations (the timer moves only when a new slot comes before all others), a timeout fires at most
-one tick (10 ms) late, and a wheel whose timeouts lie far ahead does not wake its process. An idle
+one tick (10 ms, plus 0.5 ms of slack) late, and a wheel whose timeouts lie far ahead does not wake its process. An idle
 timeout only records its progress (``timer.last = now``); when its slot comes round it moves to a
 later slot instead of firing if there was progress since.
 """
@@ -42,8 +42,9 @@ class _Entry:
         loop = asyncio.get_running_loop()
         wheel = _wheels.get(loop)
         if wheel is None:
-            for closed in [other for other in _wheels if other.is_closed()]:  # loops closed with timeouts armed
-                del _wheels[closed]
+            # Loops closed with timeouts armed; a snapshot, since loops in other threads add and drop theirs.
+            for closed in [other for other in list(_wheels) if other.is_closed()]:
+                _wheels.pop(closed, None)
             wheel = _wheels[loop] = _Wheel(loop)
         self._wheel = wheel
         wheel.place(self, self.due())
@@ -131,7 +132,7 @@ class _Wheel:
             if self._at != heap[0]:
                 self._set(heap[0])
         elif _wheels.get(self._loop) is self:
-            del _wheels[self._loop]
+            _wheels.pop(self._loop, None)
 
 
 class Timeout(_Entry):
@@ -166,7 +167,8 @@ class Timeout(_Entry):
                         tb: TracebackType | None) -> None:
         if self._slot is not None:
             self._wheel.remove(self)
-        if self._expired and exc_type is asyncio.CancelledError and self._task.uncancel() <= self._cancelling:
+        # As asyncio's Timeout: once it fired, its cancel is taken back whatever ends the block.
+        if self._expired and self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
             raise TimeoutError from exc
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sys
+import threading
 import time
 
 import pytest
@@ -237,3 +239,52 @@ async def _the_wheel_sleeps_until_its_earliest_timeout() -> None:
     assert wheel._handle.when() <= loop.time() + 1.1
     for entry in [*far, soon]:
         entry.cancel()
+
+
+def test_a_block_that_turns_the_expiry_into_another_error_leaves_no_cancel_behind() -> None:
+    asyncio.run(_a_block_that_turns_the_expiry_into_another_error_leaves_no_cancel_behind())
+
+
+async def _a_block_that_turns_the_expiry_into_another_error_leaves_no_cancel_behind() -> None:
+    # as asyncio.timeout: once the timeout fired its cancel is taken back, whatever ends the block
+    with pytest.raises(ValueError):
+        async with timer_wheel.timeout(0.02):
+            try:
+                await asyncio.sleep(1)
+            except asyncio.CancelledError:
+                raise ValueError("converted") from None
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+    await asyncio.sleep(0)  # and the task is not cancelled at its next await
+
+
+def test_loops_in_several_threads_share_the_wheel_table_safely() -> None:
+    """An app run on its own loop in a thread next to other loops (the test servers do this, an embedder
+    may): wheels made, dropped and purged (loops closed with timeouts armed) concurrently never fail."""
+    errors: list[str] = []
+    stop = time.monotonic() + 1.5
+
+    async def once() -> None:
+        async with timer_wheel.timeout(0.001):
+            await asyncio.sleep(0)
+        timer_wheel.call_at(asyncio.get_running_loop().time() + 60, lambda: None)  # armed when the loop closes
+
+    def worker() -> None:
+        for _ in range(5000):  # bounded; the clock ends it sooner
+            if time.monotonic() > stop:
+                return
+            try:
+                asyncio.run(once())
+            except Exception as exc:  # any error is the failure looked for
+                errors.append(f"{type(exc).__name__}: {exc}")
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often, so the table is changed under a scan
+    try:
+        threads = [threading.Thread(target=worker) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []
