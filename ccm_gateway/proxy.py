@@ -11,7 +11,6 @@ that hangs up cancels the upstream read at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -164,9 +163,6 @@ class _Metadata(msgspec.Struct):
 _METADATA = msgspec.json.Decoder(_Metadata)
 
 
-_UNTIMED = contextlib.nullcontext()
-
-
 def all_open(ex: Exchange, plan: Attempts) -> GatewayError:
     """Every member of the route and its fallbacks is open or cooling down: 503 at once."""
     wait = plan.reopen_in()
@@ -210,7 +206,7 @@ async def open_attempt(call: Any, ex: Exchange, remaining: float) -> Opened | Fa
     try:
         # A stream's head and first chunk share one timer (both are due by ``first_by``); a JSON
         # answer's head is bounded inside ``send`` by ``deadline``.
-        async with timer_wheel.timeout_at(first_by) if stream else _UNTIMED:
+        async with timer_wheel.timeout_at(first_by) if stream else timer_wheel.UNTIMED:
             resp = await upstream.send(call.op, call.body, call.headers(), stream, deadline, model=call.model,
                                        bounded=stream, **call.send_options)
             ex.upstream_status = resp.status  # it answered: a failure from here on is "cut", not "no upstream"

@@ -7,14 +7,15 @@ starts — and a stream's idle timer would be re-armed for every chunk. None of 
 precision: they are seconds long. Here a timeout is an entry in a slot of a wheel of ``TICK``-wide
 slots, and one loop timer is set for the earliest occupied slot, so arming and disarming are dict
 operations (the timer moves only when a new slot comes before all others), a timeout fires at most
-one tick (10 ms, plus 0.5 ms of slack) late, and a wheel whose timeouts lie far ahead does not wake its process. An idle
-timeout only records its progress (``timer.last = now``); when its slot comes round it moves to a
-later slot instead of firing if there was progress since.
+one tick (10 ms, plus 0.5 ms of slack) late, and a wheel whose timeouts lie far ahead does not
+wake its process. An idle timeout only records its progress (``timer.last = now``); when its slot
+comes round it moves to a later slot instead of firing if there was progress since.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import math
 from collections.abc import Callable
@@ -24,16 +25,23 @@ TICK = 0.01  # seconds per slot
 _PER_TICK = 1 / TICK
 _SLACK = 0.0005  # the timer is set this long after a slot's end, so a visit never comes early
 
+UNTIMED = contextlib.nullcontext()  # ``async with``-able stand-in where a path needs no timeout
+
 _wheels: dict[asyncio.AbstractEventLoop, _Wheel] = {}
 
 
 class _Entry:
-    """Something due at ``due()`` (loop time): ``fire()`` runs once it has passed."""
+    """Something due at ``due()`` (loop time; ``when`` unless a subclass moves it): ``fire()`` runs
+    once it has passed."""
 
-    __slots__ = ("_slot", "_wheel")
+    __slots__ = ("_slot", "_wheel", "when")
+
+    def __init__(self, when: float) -> None:
+        self.when = when
+        self._slot: int | None = None
 
     def due(self) -> float:
-        raise NotImplementedError
+        return self.when
 
     def fire(self) -> None:
         raise NotImplementedError
@@ -140,15 +148,11 @@ class Timeout(_Entry):
     TimeoutError out of the block once ``when`` (loop time) has passed; a cancellation from
     elsewhere passes through unchanged (told apart by the task's cancel count, as asyncio does)."""
 
-    __slots__ = ("_cancelling", "_expired", "_task", "when")
+    __slots__ = ("_cancelling", "_expired", "_task")
 
     def __init__(self, when: float) -> None:
-        self.when = when
+        super().__init__(when)
         self._expired = False
-        self._slot: int | None = None
-
-    def due(self) -> float:
-        return self.when
 
     def fire(self) -> None:
         self._expired = True
@@ -183,33 +187,28 @@ def timeout(seconds: float) -> Timeout:
 class IdleTimeout(Timeout):
     """``async with IdleTimeout(idle, cap) as timer:`` — TimeoutError out of the block when ``idle``
     seconds pass without progress (``timer.last = loop.time()``, a plain store because it runs for
-    every chunk of a stream), or at ``cap`` (loop time) in any case."""
+    every chunk of a stream), or at ``cap`` (loop time, kept as ``when``) in any case."""
 
-    __slots__ = ("cap", "idle", "last")
+    __slots__ = ("idle", "last")
 
     def __init__(self, idle: float, cap: float = math.inf) -> None:
         super().__init__(cap)
         self.idle = idle
-        self.cap = cap
         self.last = asyncio.get_running_loop().time()
 
     def due(self) -> float:
         due = self.last + self.idle
-        return due if due < self.cap else self.cap
+        return due if due < self.when else self.when
 
 
 class Later(_Entry):
     """``callback()`` once ``when`` (loop time) has passed, unless cancelled first."""
 
-    __slots__ = ("_callback", "when")
+    __slots__ = ("_callback",)
 
     def __init__(self, when: float, callback: Callable[[], object]) -> None:
-        self.when = when
+        super().__init__(when)
         self._callback = callback
-        self._slot: int | None = None
-
-    def due(self) -> float:
-        return self.when
 
     def fire(self) -> None:
         try:

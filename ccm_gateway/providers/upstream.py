@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import itertools
 import random
 import socket
@@ -27,7 +26,6 @@ from ..secrets import Secret
 from .kinds import KINDS, ProviderKind
 
 USER_AGENT = "ccm-gateway/0.1"
-_UNTIMED = contextlib.nullcontext()
 
 
 class UpstreamResponse(Protocol):
@@ -147,7 +145,7 @@ class Upstream:
         extra = {} if connect is None else {"timeout": aiohttp.ClientTimeout(total=None, connect=connect,
                                                                                sock_connect=connect)}
         try:
-            async with _UNTIMED if bounded else timer_wheel.timeout_at(loop.time() + wait):
+            async with timer_wheel.UNTIMED if bounded else timer_wheel.timeout_at(loop.time() + wait):
                 resp = await self._session.post(url, data=body, headers=headers, allow_redirects=False, **extra)
         except TimeoutError:
             if bounded:
